@@ -1,0 +1,412 @@
+"""SSHExecutor: run commands on an ExecutorTarget over one verified connection."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import anyio
+import asyncssh
+
+from ._errors import ExecuteError, HostKeyError
+from ._protocols import ExecutorTarget
+
+__all__ = ["SSHExecutor", "split_address"]
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Errors that mean the connection itself is gone, as opposed to the server
+# refusing one session on a healthy connection.
+_CONNECTION_GONE = (
+    asyncssh.ConnectionLost,
+    asyncssh.DisconnectError,
+    BrokenPipeError,
+    ConnectionError,
+)
+
+
+class _Default(enum.Enum):
+    """``DEFAULT`` means "use the executor's setting"; ``None`` means "no limit"."""
+
+    DEFAULT = "DEFAULT"
+
+
+DEFAULT: Final = _Default.DEFAULT
+
+
+def split_address(address: str, default_port: int) -> tuple[str, int]:
+    """Split ``"host"``, ``"host:port"``, ``"[v6]:port"`` or a bare IPv6 address
+    into host and port. Raises ValueError for an empty or malformed address."""
+    if not address:
+        raise ValueError("the target has no address yet (it may still be booting); re-list it")
+    host, port = address, default_port
+    if address.startswith("["):
+        end = address.find("]")
+        if end < 0:
+            raise ValueError(f"malformed address {address!r}: missing ']'")
+        host, rest = address[1:end], address[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"malformed address {address!r}")
+            port = _parse_port(rest[1:], address)
+    elif address.count(":") == 1:
+        host, port_text = address.split(":")
+        port = _parse_port(port_text, address)
+    if not host:
+        raise ValueError(f"malformed address {address!r}: no host")
+    return host, port
+
+
+def _parse_port(text: str, address: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"malformed address {address!r}: bad port {text!r}")
+    return int(text)
+
+
+def _command_with_env(cmd: str, env: Mapping[str, str] | None) -> str:
+    # sshd accepts only the variables its AcceptEnv lists (by default none), so
+    # the SSH "env" request would silently drop them: export them in the
+    # command instead, quoted for the POSIX shell every supported image logs in with.
+    if not env:
+        return cmd
+    parts = []
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ValueError(f"env: {name!r} is not a valid environment variable name")
+        if not isinstance(value, str) or "\0" in value:
+            raise ValueError(f"env[{name!r}] must be a string without NUL characters")
+        parts.append(f"{name}={shlex.quote(value)}")
+    return f"export {' '.join(parts)}; {cmd}"
+
+
+class _State(enum.Enum):
+    OPEN = "open"  # usable
+    CLOSED = "closed"  # close() was called; execute() raises RuntimeError
+
+
+class _Attempt:
+    """One connection attempt that concurrent callers share."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class _Live:
+    """A connection whose host key has passed verification."""
+
+    def __init__(
+        self, conn: asyncssh.SSHClientConnection, address: str, target: ExecutorTarget
+    ) -> None:
+        self.conn = conn
+        self.address = address
+        self.target = target
+
+
+class SSHExecutor:
+    """Runs commands on an :class:`~cloudvm.ExecutorTarget` over asyncssh.
+
+    It keeps one multiplexed connection per target: concurrent ``execute``
+    calls share it (at most ``max_sessions`` sessions at once, sshd's default
+    ``MaxSessions`` being 10), and concurrent callers that find no connection
+    share one connection attempt. When it connects it accepts whatever host key
+    the server offers and then, before any command runs, awaits
+    ``target.verify_host_key(key, conn)``. Only a key that passed is
+    remembered: a later connection presenting the same key needs no new
+    verification, one presenting another key is verified again. A failed
+    verification closes the connection and raises HostKeyError.
+
+    Args:
+        target: the first target, or None to set one later.
+        signers: private keys to log in with. No keys from ``~/.ssh``, no agent
+            and no ``~/.ssh/config`` are ever used: the executor's behaviour
+            depends only on its arguments.
+        port: the port used when the target's address has none.
+        connect_timeout: seconds allowed for TCP connect, SSH handshake and
+            login together.
+        login_timeout: seconds allowed for authentication once connected.
+        verify_timeout: seconds allowed for ``verify_host_key``.
+        keepalive_interval: seconds of silence before a keepalive is sent;
+            ``keepalive_count_max`` unanswered ones drop the connection.
+        command_timeout: default seconds one command may run (None: no limit).
+        max_sessions: commands in flight on the connection at once.
+        trust_on_first_use: when the target raises NotImplementedError (it has
+            no way to verify), accept the first key and refuse any other later.
+            Off by default: such a key is refused.
+        logger: where connection events are logged (never secrets).
+    """
+
+    def __init__(
+        self,
+        target: ExecutorTarget | None = None,
+        *,
+        signers: Sequence[asyncssh.SSHKey] = (),
+        port: int = 22,
+        connect_timeout: float = 30.0,
+        login_timeout: float = 30.0,
+        verify_timeout: float = 30.0,
+        keepalive_interval: float = 15.0,
+        keepalive_count_max: int = 3,
+        command_timeout: float | None = 3600.0,
+        max_sessions: int = 10,
+        trust_on_first_use: bool = False,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("login_timeout", login_timeout),
+            ("verify_timeout", verify_timeout),
+            ("keepalive_interval", keepalive_interval),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if command_timeout is not None and not command_timeout > 0:
+            raise ValueError(f"command_timeout must be positive or None, got {command_timeout!r}")
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, got {port!r}")
+        if keepalive_count_max < 1:
+            raise ValueError(f"keepalive_count_max must be at least 1, got {keepalive_count_max!r}")
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions!r}")
+        self._target = target
+        self._signers = list(signers)
+        self._port = port
+        self._connect_timeout = connect_timeout
+        self._login_timeout = login_timeout
+        self._verify_timeout = verify_timeout
+        self._keepalive_interval = keepalive_interval
+        self._keepalive_count_max = keepalive_count_max
+        self._command_timeout = command_timeout
+        self._trust_on_first_use = trust_on_first_use
+        self._logger = logger or logging.getLogger("cloudvm.executor")
+        self._sessions = anyio.Semaphore(max_sessions)
+        self._state = _State.OPEN
+        self._live: _Live | None = None
+        self._attempt: _Attempt | None = None
+        self._verified_key: bytes | None = None  # public data of the last key that passed
+        # Connections we closed but whose close has not been awaited yet.
+        self._closing: list[asyncssh.SSHClientConnection] = []
+
+    # -- configuration -------------------------------------------------------
+
+    def set_signers(self, *keys: asyncssh.SSHKey) -> None:
+        """Log in with ``keys`` from the next connection on (the current one stays)."""
+        self._signers = list(keys)
+
+    def set_target(self, target: ExecutorTarget) -> None:
+        """Run later commands on ``target``. A different target closes the
+        current connection and forgets the verified host key."""
+        if target is self._target:
+            return
+        self._target = target
+        self._verified_key = None
+        self._discard_live()
+
+    @property
+    def target(self) -> ExecutorTarget | None:
+        """The current target, or None before one is set."""
+        return self._target
+
+    # -- running commands ----------------------------------------------------
+
+    async def execute(
+        self,
+        cmd: str,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> tuple[bytes, bytes]:
+        """Run ``cmd`` through the remote user's shell; return ``(stdout, stderr)``.
+
+        ``stdin`` is written to the command and then closed (None: closed at
+        once). ``env`` is exported for this command only. ``timeout`` overrides
+        the executor's ``command_timeout`` (None: no limit); when it expires the
+        session is closed and TimeoutError raised.
+
+        If the connection turns out to be gone before the command starts, the
+        executor reconnects once. A connection lost while the command runs is
+        not retried, since the command may have had effects.
+
+        Raises:
+            ExecuteError: the command exited non-zero (carries exit status and output).
+            HostKeyError: the server could not be proven to be the target.
+            TimeoutError: connecting, logging in, verifying or the command took too long.
+            ValueError: the target has no address yet, or ``env`` is malformed.
+            OSError / asyncssh.Error: the server could not be reached or refused us.
+            RuntimeError: the executor is closed or has no target.
+        """
+        full_cmd = _command_with_env(cmd, env)
+        limit = self._command_timeout if timeout is DEFAULT else timeout
+        for attempt in range(2):
+            conn = await self._connection()
+            async with self._sessions:
+                try:
+                    process = await conn.create_process(full_cmd, encoding=None)
+                except (*_CONNECTION_GONE, asyncssh.ChannelOpenError):
+                    if not conn.is_closed() or attempt == 1:
+                        raise
+                    self._logger.info("connection to %s dropped; reconnecting", self._target)
+                    self._discard_live(conn)
+                    continue
+                try:
+                    with anyio.fail_after(limit):
+                        if stdin:
+                            process.stdin.write(stdin)
+                        process.stdin.write_eof()
+                        stdout, stderr = await process.communicate()
+                finally:
+                    process.close()
+            return self._result(cmd, process, stdout, stderr)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _result(
+        cmd: str, process: asyncssh.SSHClientProcess[bytes], stdout: bytes, stderr: bytes
+    ) -> tuple[bytes, bytes]:
+        status = process.returncode
+        if status == 0:
+            return stdout, stderr
+        signal = process.exit_signal[0] if process.exit_signal else None
+        what = f"signal {signal}" if signal else f"status {status}"
+        raise ExecuteError(
+            f"remote command exited with {what}: {cmd[:80]!r}",
+            exit_status=status if status is not None and status >= 0 else -1,
+            exit_signal=signal,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+    # -- the connection --------------------------------------------------------
+
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        while True:
+            if self._state is _State.CLOSED:
+                raise RuntimeError("this SSHExecutor is closed")
+            target = self._target
+            if target is None:
+                raise RuntimeError("SSHExecutor has no target; call set_target() first")
+            address = target.address
+            live = self._live
+            if live is not None:
+                if live.target is target and live.address == address and not live.conn.is_closed():
+                    return live.conn
+                self._discard_live()
+            split_address(address, self._port)  # a clear error before waiting on anyone
+            if self._attempt is not None:
+                attempt = self._attempt
+                await attempt.done.wait()
+                if attempt.error is not None:
+                    raise attempt.error
+                continue  # use the attempt's connection, or start afresh
+            await self._attempt_connection(target, address)
+
+    async def _attempt_connection(self, target: ExecutorTarget, address: str) -> None:
+        attempt = self._attempt = _Attempt()
+        try:
+            conn = await self._connect_and_verify(target, address)
+        except BaseException as exc:
+            # Waiters share the failure, but not our cancellation: they retry.
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                attempt.error = exc
+            raise
+        else:
+            if self._state is _State.CLOSED or self._target is not target:
+                # closed or re-targeted while we connected: this connection is stale
+                conn.close()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await conn.wait_closed()
+            else:
+                self._live = _Live(conn, address, target)
+        finally:
+            self._attempt = None
+            attempt.done.set()
+
+    async def _connect_and_verify(
+        self, target: ExecutorTarget, address: str
+    ) -> asyncssh.SSHClientConnection:
+        host, port = split_address(address, self._port)
+        conn = await asyncssh.connect(
+            host,
+            port,
+            username=target.remote_user,
+            client_keys=self._signers or None,
+            known_hosts=None,  # accept any key here; it is verified below
+            agent_path=None,
+            config=None,
+            password=None,
+            kbdint_auth=False,
+            connect_timeout=self._connect_timeout,
+            login_timeout=self._login_timeout,
+            keepalive_interval=self._keepalive_interval,
+            keepalive_count_max=self._keepalive_count_max,
+        )
+        try:
+            await self._verify(target, conn)
+        except BaseException:
+            conn.close()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await conn.wait_closed()
+            raise
+        return conn
+
+    async def _verify(self, target: ExecutorTarget, conn: asyncssh.SSHClientConnection) -> None:
+        key = conn.get_server_host_key()
+        if key is None:  # pragma: no cover - asyncssh always has one after login
+            raise HostKeyError(f"{target}: the server presented no host key")
+        if self._verified_key is not None and key.public_data == self._verified_key:
+            return
+        try:
+            with anyio.fail_after(self._verify_timeout):
+                await target.verify_host_key(key, conn)
+        except NotImplementedError:
+            if not self._trust_on_first_use:
+                raise HostKeyError(
+                    f"{target}: the driver cannot verify host keys; build the executor "
+                    "with trust_on_first_use=True to accept the first key"
+                ) from None
+            if self._verified_key is not None:
+                raise HostKeyError(
+                    f"{target}: the host key changed since it was first trusted"
+                ) from None
+            self._logger.warning(
+                "trusting host key %s of %s on first use", key.get_fingerprint(), target
+            )
+        except HostKeyError:
+            raise
+        except TimeoutError:
+            raise HostKeyError(f"{target}: host key verification timed out") from None
+        except Exception as exc:
+            raise HostKeyError(f"{target}: host key verification failed: {exc}") from exc
+        self._verified_key = key.public_data
+        self._logger.info("verified host key %s of %s", key.get_fingerprint(), target)
+
+    def _discard_live(self, conn: asyncssh.SSHClientConnection | None = None) -> None:
+        # Synchronous on purpose: bookkeeping first, the awaited close later
+        # (in close()), so a cancellation can never leave a half-dropped state.
+        live = self._live
+        if live is None or (conn is not None and live.conn is not conn):
+            return
+        self._live = None
+        self._closing = [c for c in self._closing if not c.is_closed()]
+        self._closing.append(live.conn)
+        live.conn.close()
+
+    async def close(self) -> None:
+        """Close every connection and wait until they are closed. Later
+        ``execute`` calls raise RuntimeError; calling ``close`` twice is harmless."""
+        self._state = _State.CLOSED
+        self._discard_live()
+        closing, self._closing = self._closing, []
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            for conn in closing:
+                await conn.wait_closed()
+
+    async def __aenter__(self) -> SSHExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,377 @@
+"""The loopback InstanceSet and Instance."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import asyncssh
+import httpx
+
+import cloudvm
+
+from .._base import InstanceSetBase
+from .._drivers import driver_func
+from .._errors import HostKeyError, QuotaError
+from .._metadata import imdsv2_get
+from .._metrics import CallMetrics
+from .._protocols import Instance
+from .._tunnel import metadata_client
+from .._types import (
+    ImageID,
+    InitCommand,
+    InstanceID,
+    InstancePrice,
+    InstanceQuotaGroup,
+    InstanceSetID,
+    InstanceTags,
+    InstanceType,
+    SharedResourceTags,
+)
+from .._validate import check_secret, new_secret, parse_config, validate_init_command, validate_tags
+from . import _state
+from ._config import LoopbackConfig
+
+if TYPE_CHECKING:
+    import prometheus_client
+
+__all__ = ["DRIVER", "LoopbackInstance", "LoopbackInstanceSet"]
+
+_SERVER_SCRIPT = Path(__file__).with_name("_server.py")
+# cloudvm's parent directory, so instance processes import this very cloudvm
+# even when it runs from a source tree.
+_IMPORT_ROOT = str(Path(cloudvm.__file__).resolve().parent.parent)
+_POLL_INTERVAL = 0.02  # seconds between checks while waiting on a lock or a process
+
+
+class LoopbackInstance:
+    """One loopback instance, as of the listing or create that produced it."""
+
+    def __init__(
+        self,
+        instance_set: LoopbackInstanceSet,
+        record: _state.InstanceRecord,
+        tags: InstanceTags,
+        address: str,
+    ) -> None:
+        self._set = instance_set
+        self._record = record
+        self._tags = tags
+        self._address = address
+
+    @property
+    def id(self) -> InstanceID:
+        return InstanceID(self._record.id)
+
+    @property
+    def provider_type(self) -> str:
+        return self._record.provider_type
+
+    @property
+    def tags(self) -> InstanceTags:
+        return dict(self._tags)
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:<port>`` once the instance's SSH server listens, else ""."""
+        return self._address
+
+    @property
+    def remote_user(self) -> str:
+        return self._record.remote_user
+
+    async def set_tags(self, tags: InstanceTags) -> None:
+        """Replace the instance's tags (visible to listings and to the
+        instance's metadata service at once)."""
+        checked = validate_tags(tags)
+        await self._set._set_tags(self, checked)
+        self._tags = dict(checked)
+
+    def price_history(self, itype: InstanceType) -> list[InstancePrice]:
+        """One price, the type's, since the instance was created."""
+        return [InstancePrice(datetime.fromisoformat(self._record.created_at), itype.price)]
+
+    async def destroy(self) -> None:
+        """Stop the instance's process and delete its state; a no-op if gone."""
+        await self._set._destroy(self.id)
+
+    async def verify_host_key(
+        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
+    ) -> None:
+        """Prove the host through its metadata service: through ``conn``, ask
+        169.254.169.254 (IMDSv2: token, then GET) for the instance id and the
+        ``cloudvm-secret`` tag, and compare them with what create recorded.
+
+        Raises HostKeyError if they differ or cannot be read, and
+        NotImplementedError when ``conn`` is None (the proof needs it).
+        """
+        if conn is None:
+            raise NotImplementedError("loopback verifies host keys only through a live connection")
+        try:
+            async with metadata_client(conn) as client:
+                instance_id = await imdsv2_get(client, "/latest/meta-data/instance-id")
+                secret = await imdsv2_get(client, "/latest/meta-data/tags/instance/cloudvm-secret")
+        except httpx.HTTPError as exc:
+            raise HostKeyError(f"{self}: cannot read the metadata service: {exc}") from exc
+        if instance_id.strip() != self.id:
+            raise HostKeyError(f"{self}: the host is another instance")
+        check_secret(secret, self._record.secret)
+
+    def __str__(self) -> str:
+        return self._record.id
+
+    def __repr__(self) -> str:
+        return f"<LoopbackInstance {self._record.id} address={self._address!r} tags={self._tags!r}>"
+
+
+class LoopbackInstanceSet(InstanceSetBase):
+    """The loopback cloud's InstanceSet; see the ``loopback`` driver."""
+
+    def __init__(
+        self,
+        config: LoopbackConfig,
+        set_id: InstanceSetID,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        metrics: CallMetrics,
+    ) -> None:
+        super().__init__()
+        self._config = config
+        self._id = set_id
+        self._logger = logger
+        self._metrics = metrics
+        self._root = config.state_dir / _state.INSTANCES
+        self._create_lock = anyio.Lock()
+
+    async def create(
+        self,
+        itype: InstanceType,
+        image_id: ImageID,
+        tags: InstanceTags,
+        init_command: InitCommand,
+        public_key: asyncssh.SSHKey | None,
+    ) -> Instance:
+        """Create an instance: record it (tagged) first, then start its process.
+
+        The instance is tagged before anything starts, so a cancelled create
+        leaves at worst a recorded instance that listings show and ``destroy``
+        removes. Returns at once; ``address`` stays "" until a later listing
+        sees the SSH server listening. Raises QuotaError at ``max_instances``.
+        """
+        self._check_open()
+        if not isinstance(itype, InstanceType):
+            raise TypeError(f"itype must be an InstanceType, not {type(itype).__name__}")
+        if not isinstance(image_id, str):
+            raise TypeError(f"image_id must be a string, not {type(image_id).__name__}")
+        checked_tags = validate_tags(tags)
+        checked_init = validate_init_command(init_command)
+        if public_key is not None and not isinstance(public_key, asyncssh.SSHKey):
+            raise TypeError(
+                f"public_key must be an asyncssh.SSHKey or None, not {type(public_key).__name__}"
+            )
+        record = _state.InstanceRecord(
+            id=f"lb-{secrets.token_hex(8)}",
+            set_id=self._id,
+            provider_type=itype.provider_type,
+            image_id=image_id,
+            created_at=datetime.now(UTC).isoformat(),
+            price=itype.price,
+            remote_user=self._config.remote_user,
+            secret=new_secret(),
+            init_command=checked_init,
+            authorized_key=public_key.export_public_key("openssh").decode() if public_key else None,
+            boot_delay=self._config.boot_delay,
+        )
+        with self._metrics.observe("create"):
+            # Recording and spawning are short and local; shielding them means a
+            # cancelled create never leaves a half-written instance.
+            with anyio.CancelScope(shield=True):
+                async with self._create_lock:
+                    await anyio.to_thread.run_sync(self._record_instance, record, checked_tags)
+                await self._spawn(record)
+        self._logger.info(
+            "created loopback instance %s",
+            record.id,
+            extra={"instance_id": record.id, "instance_set_id": self._id},
+        )
+        return LoopbackInstance(self, record, checked_tags, "")
+
+    def _record_instance(self, record: _state.InstanceRecord, tags: InstanceTags) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        quota_lock = self._config.state_dir / _state.QUOTA_LOCK
+        fd = None
+        while fd is None:  # other processes share the quota: serialise with them
+            fd = _state.try_lock(quota_lock)
+            if fd is None:
+                anyio.from_thread.check_cancelled()
+                import time
+
+                time.sleep(_POLL_INTERVAL)
+        try:
+            count = sum(1 for _ in _state.instance_dirs(self._config.state_dir))
+            if count >= self._config.max_instances:
+                raise QuotaError(
+                    f"the loopback cloud at {self._config.state_dir} already runs {count} "
+                    f"instances (max_instances={self._config.max_instances})",
+                    code="InstanceLimitExceeded",
+                )
+            instance_dir = self._root / record.id
+            tmp_dir = self._root / f".{record.id}.creating"
+            tmp_dir.mkdir(mode=0o700)
+            _state.write_atomic(tmp_dir / _state.TAGS, _json(tags))
+            _state.write_atomic(tmp_dir / _state.RECORD, record.to_json())
+            # The rename publishes the instance, record and tags at once.
+            os.rename(tmp_dir, instance_dir)
+        finally:
+            os.close(fd)
+
+    async def _spawn(self, record: _state.InstanceRecord) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_IMPORT_ROOT, env.get("PYTHONPATH")]))
+        python = self._config.python or sys.executable
+        # The launcher forks the instance process and exits at once.
+        await anyio.run_process(
+            [python, str(_SERVER_SCRIPT), str(self._root / record.id)],
+            env=env,
+            check=True,
+            stdin=None,
+            stdout=None,
+            stderr=None,
+        )
+
+    async def instances(self, tags: InstanceTags | None = None) -> list[Instance]:
+        """Every instance of this set carrying all of ``tags``, booting ones
+        (address "") included."""
+        self._check_open()
+        wanted = validate_tags(tags or {})
+        with self._metrics.observe("instances"):
+            found = await anyio.to_thread.run_sync(self._scan, wanted)
+        return [LoopbackInstance(self, record, itags, address) for record, itags, address in found]
+
+    def _scan(self, wanted: InstanceTags) -> list[tuple[_state.InstanceRecord, InstanceTags, str]]:
+        found = []
+        for instance_dir in _state.instance_dirs(self._config.state_dir):
+            record = _state.read_record(instance_dir)
+            if record is None or record.set_id != self._id:
+                continue
+            itags = _state.read_tags(instance_dir)
+            if itags is None or any(itags.get(k) != v for k, v in wanted.items()):
+                continue
+            address = _state.read_address(instance_dir) if _state.is_running(instance_dir) else ""
+            found.append((record, itags, address))
+        return found
+
+    def instance_quota_group(self, itype: InstanceType) -> InstanceQuotaGroup:
+        """All loopback instances share one quota (``max_instances``)."""
+        return InstanceQuotaGroup("loopback")
+
+    async def _set_tags(self, instance: LoopbackInstance, tags: InstanceTags) -> None:
+        self._check_open()
+        instance_dir = self._root / instance.id
+        with self._metrics.observe("set_tags"):
+            await anyio.to_thread.run_sync(self._write_tags, instance_dir, tags)
+
+    def _write_tags(self, instance_dir: Path, tags: InstanceTags) -> None:
+        record = _state.read_record(instance_dir)
+        if record is None or record.set_id != self._id:
+            raise LookupError(f"loopback instance {instance_dir.name} no longer exists")
+        _state.write_atomic(instance_dir / _state.TAGS, _json(tags))
+
+    async def _destroy(self, instance_id: InstanceID) -> None:
+        instance_dir = self._root / instance_id
+        with self._metrics.observe("destroy"), anyio.CancelScope(shield=True):
+            # Shielded: a destroy half done would leave a process without state.
+            await self._stop_process(instance_dir)
+        self._logger.info(
+            "destroyed loopback instance %s",
+            instance_id,
+            extra={"instance_id": instance_id, "instance_set_id": self._id},
+        )
+
+    async def _stop_process(self, instance_dir: Path) -> None:
+        deadline = anyio.current_time() + self._config.destroy_timeout
+        signalled: int | None = None
+        while True:
+            pid = await anyio.to_thread.run_sync(_remove_if_stopped, instance_dir)
+            if pid is None:
+                return
+            if pid == 0:
+                pass  # starting up: wait for its pid
+            elif signalled is None:
+                signalled = signal.SIGTERM
+                _signal_group(pid, signal.SIGTERM)
+            elif anyio.current_time() > deadline and signalled != signal.SIGKILL:
+                signalled = signal.SIGKILL
+                _signal_group(pid, signal.SIGKILL)
+            await anyio.sleep(_POLL_INTERVAL)
+
+    async def _stop(self) -> None:
+        # Instances are cloud resources and keep running; the set holds no
+        # background tasks or clients of its own.
+        return None
+
+
+def _json(tags: Mapping[str, str]) -> str:
+    import json
+
+    return json.dumps(dict(tags), ensure_ascii=False)
+
+
+def _remove_if_stopped(instance_dir: Path) -> int | None:
+    """Delete the instance if no process holds it and return None; else return
+    the pid of the process holding it (0 while it has not written its pid)."""
+    fd = _state.try_lock(instance_dir / _state.LOCK)
+    if fd is None:
+        if not instance_dir.exists():
+            return None  # already gone
+        try:
+            return int((instance_dir / _state.PID).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return 0
+    # Delete while we hold the lock, so that a server starting now finds no
+    # record and exits.
+    try:
+        shutil.rmtree(instance_dir, ignore_errors=True)
+    finally:
+        os.close(fd)
+    return None
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    if pid <= 0:
+        return  # the server has not written its pid yet; the next poll will see it
+    # The server leads its own session; its commands run in their own groups
+    # and it kills them itself on SIGTERM. SIGKILL takes the server's group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if signum == signal.SIGKILL:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+
+
+async def _new_instance_set(
+    config: Mapping[str, Any] | str | bytes,
+    id: InstanceSetID,
+    tags: SharedResourceTags,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    registry: prometheus_client.CollectorRegistry | None = None,
+) -> LoopbackInstanceSet:
+    parsed = parse_config(LoopbackConfig, config, driver="loopback")
+    if not isinstance(id, str) or not id:
+        raise ValueError("the InstanceSetID must be a non-empty string")
+    validate_tags(tags, field="shared resource tags")
+    return LoopbackInstanceSet(parsed, id, logger, CallMetrics(registry, "loopback"))
+
+
+#: The loopback driver; ``cloudvm.load_driver("loopback")`` returns it.
+DRIVER = driver_func(_new_instance_set)

@@ -1,0 +1,42 @@
+"""One loopback instance: a detached process running an asyncssh server.
+
+Started as ``python -m cloudvm._loopback._server <instance dir>``. The
+launcher forks at once and exits, so the instance outlives whoever created it
+(it is a cloud resource), and its creator never has to reap it.
+
+Booting means: wait ``boot_delay``, run the init command once, generate a host
+key, listen on 127.0.0.1 (a free port), and publish the address. The server
+runs each command with ``/bin/sh -c`` in the instance's ``work`` directory and
+serves an IMDSv2-like metadata service that is reachable only through a
+direct-tcpip channel to 169.254.169.254:80 on its own SSH connections.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _daemonize(instance_dir: str) -> None:
+    # Fork before importing anything heavy, so the launcher exits quickly.
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    log = os.open(
+        os.path.join(instance_dir, "server.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+    )
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(devnull)
+    os.close(log)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m cloudvm._loopback._server <instance dir>")
+    _daemonize(sys.argv[1])
+    from cloudvm._loopback._instance_process import main
+
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,56 @@
+"""Building blocks for driver authors.
+
+Users of cloudvm need only the names in :mod:`cloudvm`; whoever writes a
+driver (ours or a third party's) also gets these: the InstanceSet base class,
+the input checks every driver must run before any cloud call, per-instance
+secrets, HTTP to the metadata service through the SSH connection, and
+optional prometheus metrics.
+"""
+
+import contextlib
+
+from ._base import InstanceSetBase as InstanceSetBase
+from ._drivers import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+from ._executor import split_address as split_address
+from ._metadata import IMDSV2_TOKEN_TTL as IMDSV2_TOKEN_TTL
+from ._metadata import imdsv2_get as imdsv2_get
+from ._metrics import CallMetrics as CallMetrics
+from ._tunnel import METADATA_URL as METADATA_URL
+from ._tunnel import SSHTunnelTransport as SSHTunnelTransport
+from ._tunnel import metadata_client as metadata_client
+from ._validate import MAX_INIT_COMMAND_BYTES as MAX_INIT_COMMAND_BYTES
+from ._validate import MAX_TAG_KEY_CHARS as MAX_TAG_KEY_CHARS
+from ._validate import MAX_TAG_VALUE_CHARS as MAX_TAG_VALUE_CHARS
+from ._validate import RESERVED_TAG_PREFIX as RESERVED_TAG_PREFIX
+from ._validate import check_secret as check_secret
+from ._validate import new_secret as new_secret
+from ._validate import parse_config as parse_config
+from ._validate import validate_init_command as validate_init_command
+from ._validate import validate_tags as validate_tags
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "IMDSV2_TOKEN_TTL",
+    "MAX_INIT_COMMAND_BYTES",
+    "MAX_TAG_KEY_CHARS",
+    "MAX_TAG_VALUE_CHARS",
+    "METADATA_URL",
+    "RESERVED_TAG_PREFIX",
+    "CallMetrics",
+    "InstanceSetBase",
+    "SSHTunnelTransport",
+    "check_secret",
+    "imdsv2_get",
+    "metadata_client",
+    "new_secret",
+    "parse_config",
+    "split_address",
+    "validate_init_command",
+    "validate_tags",
+]
+
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) or callable(_value):
+        with contextlib.suppress(AttributeError, TypeError):  # builtins refuse
+            _value.__module__ = __name__
