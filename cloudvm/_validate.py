@@ -17,6 +17,8 @@ __all__ = [
     "MAX_TAG_KEY_CHARS",
     "MAX_TAG_VALUE_CHARS",
     "RESERVED_TAG_PREFIX",
+    "SECRET_TAG",
+    "SET_ID_TAG",
     "check_secret",
     "new_secret",
     "parse_config",
@@ -30,7 +32,12 @@ MAX_INIT_COMMAND_BYTES = 1023  # "under 1 KiB", UTF-8 encoded
 MAX_TAG_KEY_CHARS = 128
 MAX_TAG_VALUE_CHARS = 256
 #: Tag keys drivers keep for their own bookkeeping (the set id, secrets).
+#: Users may not set them, and ``Instance.tags`` does not show them.
 RESERVED_TAG_PREFIX = "cloudvm-"
+#: The tag carrying the InstanceSetID on every instance and resource a set creates.
+SET_ID_TAG = "cloudvm-instance-set"
+#: The tag (or metadata key) carrying the per-instance secret that proves the host.
+SECRET_TAG = "cloudvm-secret"
 
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 

@@ -22,6 +22,8 @@ from ._validate import MAX_INIT_COMMAND_BYTES as MAX_INIT_COMMAND_BYTES
 from ._validate import MAX_TAG_KEY_CHARS as MAX_TAG_KEY_CHARS
 from ._validate import MAX_TAG_VALUE_CHARS as MAX_TAG_VALUE_CHARS
 from ._validate import RESERVED_TAG_PREFIX as RESERVED_TAG_PREFIX
+from ._validate import SECRET_TAG as SECRET_TAG
+from ._validate import SET_ID_TAG as SET_ID_TAG
 from ._validate import check_secret as check_secret
 from ._validate import new_secret as new_secret
 from ._validate import parse_config as parse_config
@@ -36,6 +38,8 @@ __all__ = [
     "MAX_TAG_VALUE_CHARS",
     "METADATA_URL",
     "RESERVED_TAG_PREFIX",
+    "SECRET_TAG",
+    "SET_ID_TAG",
     "CallMetrics",
     "InstanceSetBase",
     "SSHTunnelTransport",

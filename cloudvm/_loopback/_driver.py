@@ -39,7 +39,14 @@ from .._types import (
     InstanceType,
     SharedResourceTags,
 )
-from .._validate import check_secret, new_secret, parse_config, validate_init_command, validate_tags
+from .._validate import (
+    SECRET_TAG,
+    check_secret,
+    new_secret,
+    parse_config,
+    validate_init_command,
+    validate_tags,
+)
 from . import _state
 from ._config import LoopbackConfig
 
@@ -121,7 +128,7 @@ class LoopbackInstance:
         try:
             async with metadata_client(conn) as client:
                 instance_id = await imdsv2_get(client, "/latest/meta-data/instance-id")
-                secret = await imdsv2_get(client, "/latest/meta-data/tags/instance/cloudvm-secret")
+                secret = await imdsv2_get(client, f"/latest/meta-data/tags/instance/{SECRET_TAG}")
         except httpx.HTTPError as exc:
             raise HostKeyError(f"{self}: cannot read the metadata service: {exc}") from exc
         if instance_id.strip() != self.id:
