@@ -28,6 +28,10 @@ _CONNECTION_GONE = (
 )
 
 
+# Seconds to keep retrying a session the server refused on a live connection.
+_SESSION_RETRY_WINDOW = 3.0
+
+
 class _Default(enum.Enum):
     """``DEFAULT`` means "use the executor's setting"; ``None`` means "no limit"."""
 
@@ -245,7 +249,7 @@ class SSHExecutor:
             conn = await self._connection()
             async with self._sessions:
                 try:
-                    process = await conn.create_process(full_cmd, encoding=None)
+                    process = await self._open_session(conn, full_cmd)
                 except (*_CONNECTION_GONE, asyncssh.ChannelOpenError):
                     if not conn.is_closed() or attempt == 1:
                         raise
@@ -262,6 +266,23 @@ class SSHExecutor:
                     process.close()
             return self._result(cmd, process, stdout, stderr)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _open_session(
+        conn: asyncssh.SSHClientConnection, cmd: str
+    ) -> asyncssh.SSHClientProcess[bytes]:
+        # sshd frees a session slot a moment after the channel's close reaches
+        # us, so a refusal right at the MaxSessions limit is retried briefly.
+        delay = 0.005
+        deadline = anyio.current_time() + _SESSION_RETRY_WINDOW
+        while True:
+            try:
+                return await conn.create_process(cmd, encoding=None)
+            except asyncssh.ChannelOpenError:
+                if conn.is_closed() or anyio.current_time() + delay > deadline:
+                    raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     @staticmethod
     def _result(

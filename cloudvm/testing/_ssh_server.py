@@ -45,6 +45,8 @@ class SSHTestServer:
         #: Every command received, in order of arrival.
         self.commands: list[str] = []
         self._connections: set[asyncssh.SSHServerConnection] = set()
+        #: How many client connections were accepted in all.
+        self.connection_count = 0
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._runner: ShellRunner | None = None
@@ -95,9 +97,13 @@ class SSHTestServer:
             username=self._username,
             authorized_keys=self._authorized,
             metadata=self.metadata,
-            on_connect=self._connections.add,
+            on_connect=self._connected,
             on_close=self._connections.discard,
         )
+
+    def _connected(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.connection_count += 1
+        self._connections.add(conn)
 
     def drop_connections(self) -> None:
         """Abort every client connection at once, as a crashed network would."""

@@ -1,0 +1,84 @@
+"""Sessions: tests, lint, typecheck, demo (and bench once benchmarks exist).
+
+``nox -s tests`` installs cloudvm and every driver under ``drivers/`` with
+their test extras into a fresh virtualenv, makes sure OpenSSH's ``sshd`` is
+available (installing Debian's openssh-server with apt-get when running as
+root), and runs the whole suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+
+ROOT = Path(__file__).parent
+DRIVERS = sorted(p.parent for p in ROOT.glob("drivers/*/pyproject.toml"))
+SSHD = "/usr/sbin/sshd"
+
+
+def _install_everything(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    for driver in DRIVERS:
+        session.install("-e", f"{driver}[test]")
+
+
+def _ensure_sshd(session: nox.Session) -> bool:
+    """True when OpenSSH's sshd can run here (installing it if we may)."""
+    if os.path.exists(SSHD):
+        return True
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=env)
+        session.run(
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "openssh-server",
+            external=True,
+            env=env,
+        )
+        return os.path.exists(SSHD)
+    session.warn("sshd is not installed and cannot be installed here: OpenSSH tests will skip")
+    return False
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite: core, loopback, fake, and every driver."""
+    _install_everything(session)
+    env = {"CLOUDVM_REQUIRE_SSHD": "1"} if _ensure_sshd(session) else {}
+    paths = ["tests", *(str(d.relative_to(ROOT) / "tests") for d in DRIVERS)]
+    session.run("python", "-m", "pytest", *paths, *session.posargs, env=env)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the core, tests, examples and every driver."""
+    _install_everything(session)
+    session.install("mypy>=1.10")
+    session.run("mypy")
+    for driver in DRIVERS:
+        session.run("mypy", "--strict", str(driver.relative_to(ROOT) / f"cloudvm_{driver.name}"))
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quickstart on the loopback cloud."""
+    session.install(".")
+    session.run("python", "examples/quickstart.py")
