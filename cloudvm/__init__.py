@@ -6,7 +6,8 @@ one typed interface over EC2, GCE, Azure and a local loopback cloud.
 """
 
 import contextlib
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from ._drivers import available_drivers as available_drivers
 from ._drivers import driver_func as driver_func
@@ -24,6 +25,8 @@ from ._protocols import Executor as Executor
 from ._protocols import ExecutorTarget as ExecutorTarget
 from ._protocols import Instance as Instance
 from ._protocols import InstanceSet as InstanceSet
+from ._resilient import ResiliencePolicy as ResiliencePolicy
+from ._resilient import resilient as resilient
 from ._types import ImageID as ImageID
 from ._types import InitCommand as InitCommand
 from ._types import InstanceID as InstanceID
@@ -35,8 +38,8 @@ from ._types import InstanceType as InstanceType
 from ._types import SharedResourceTags as SharedResourceTags
 
 try:
-    __version__ = version("cloudvm")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _version("cloudvm")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
@@ -60,12 +63,14 @@ __all__ = [
     "InstanceType",
     "QuotaError",
     "RateLimitError",
+    "ResiliencePolicy",
     "SSHExecutor",
     "SharedResourceTags",
     "__version__",
     "available_drivers",
     "driver_func",
     "load_driver",
+    "resilient",
 ]
 
 # Reprs, tracebacks and docs should say cloudvm.QuotaError, not the private path.

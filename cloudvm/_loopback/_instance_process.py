@@ -100,8 +100,7 @@ def main(instance_dir_name: str) -> int:
     if record is None:
         return 1  # destroyed before we started
     _state.write_atomic(instance_dir / _state.PID, f"{os.getpid()}\n", 0o644)
-    try:
-        asyncio.run(_serve(instance_dir, record))
-    finally:
-        os.close(lock)
+    asyncio.run(_serve(instance_dir, record))
+    # The lock stays held until the kernel closes it at exit: whoever waits for
+    # it (destroy) knows that this process is really gone.
     return 0

@@ -3,6 +3,12 @@
 :class:`SSHTestServer` is a real in-process SSH server that records commands
 and serves a metadata service through its own connections;
 :class:`IMDSv2Service` is EC2's metadata protocol as an HTTP handler for it.
+
+:class:`FakeCloud` is an in-memory, fault-injecting cloud (rate limits, quotas,
+capacity shortages, lost responses, eventual consistency, failure rates,
+latency, optional SSH), reached through the ``fake`` driver
+(:data:`FAKE_DRIVER`, ``cloudvm.load_driver("fake")``) and configured with
+:class:`FakeConfig`.
 """
 
 import contextlib
@@ -11,9 +17,53 @@ from .._http_server import HTTPHandler as HTTPHandler
 from .._http_server import HTTPRequest as HTTPRequest
 from .._http_server import HTTPResponse as HTTPResponse
 from .._imds import IMDSv2Service as IMDSv2Service
+from ._fake import DRIVER as FAKE_DRIVER
+from ._fake import FakeInstance as FakeInstance
+from ._fake import FakeInstanceSet as FakeInstanceSet
+from ._fake_clock import FakeClock as FakeClock
+from ._fake_clock import ManualClock as ManualClock
+from ._fake_clock import SystemClock as SystemClock
+from ._fake_cloud import CallRecord as CallRecord
+from ._fake_cloud import FakeCloud as FakeCloud
+from ._fake_cloud import InjectedError as InjectedError
+from ._fake_cloud import LostResponseError as LostResponseError
+from ._fake_cloud import Misuse as Misuse
+from ._fake_cloud import close_named_clouds as close_named_clouds
+from ._fake_config import CapacityShortage as CapacityShortage
+from ._fake_config import FakeConfig as FakeConfig
+from ._fake_config import OperationDelays as OperationDelays
+from ._fake_config import OperationRates as OperationRates
+from ._fake_config import QuotaLimit as QuotaLimit
+from ._fake_config import RateLimits as RateLimits
+from ._fake_config import TokenBucket as TokenBucket
 from ._ssh_server import SSHTestServer as SSHTestServer
 
-__all__ = ["HTTPHandler", "HTTPRequest", "HTTPResponse", "IMDSv2Service", "SSHTestServer"]
+__all__ = [
+    "FAKE_DRIVER",
+    "CallRecord",
+    "CapacityShortage",
+    "FakeClock",
+    "FakeCloud",
+    "FakeConfig",
+    "FakeInstance",
+    "FakeInstanceSet",
+    "HTTPHandler",
+    "HTTPRequest",
+    "HTTPResponse",
+    "IMDSv2Service",
+    "InjectedError",
+    "LostResponseError",
+    "ManualClock",
+    "Misuse",
+    "OperationDelays",
+    "OperationRates",
+    "QuotaLimit",
+    "RateLimits",
+    "SSHTestServer",
+    "SystemClock",
+    "TokenBucket",
+    "close_named_clouds",
+]
 
 for _name in __all__:
     _value = globals()[_name]

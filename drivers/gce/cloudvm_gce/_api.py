@@ -1,0 +1,156 @@
+"""The Compute API, called from worker threads with one client per thread.
+
+google-cloud-compute is synchronous and its clients (a ``requests`` session
+each) must not be shared across threads. Every call here runs in an anyio
+worker thread, bounded by a CapacityLimiter, and uses that thread's own
+clients, made on first use. The SDK's own retries are off (``retry=None``
+at each call site): throttling surfaces as RateLimitError at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+import requests
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth import credentials as gcredentials
+from google.cloud import compute_v1
+
+from cloudvm import CloudError, ConfigError
+
+from ._config import GCEConfig
+from ._errors import wrap_api_error
+from ._redact import install_redaction
+
+__all__ = ["Clients", "ComputeAPI", "NotFoundError", "TransportError", "load_credentials"]
+
+_T = TypeVar("_T")
+
+
+class NotFoundError(CloudError):
+    """Raised by :meth:`ComputeAPI.call` when the API answers 404."""
+
+
+class TransportError(CloudError):
+    """Raised by :meth:`ComputeAPI.call` when no HTTP answer arrived (the
+    connection failed or was cut, or the call timed out): the request may or
+    may not have taken effect."""
+
+
+def load_credentials(config: GCEConfig) -> gcredentials.Credentials:
+    """The credentials ``config.credentials`` names. Blocking (reads a file,
+    and Application Default Credentials may probe the metadata server).
+
+    Raises ConfigError naming the field, never quoting the file's content.
+    """
+    import google.auth
+    import google.auth.exceptions
+    from google.oauth2 import service_account
+
+    scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    if config.credentials == "anonymous":
+        return gcredentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
+    try:
+        if config.credentials is None:
+            found, _project = google.auth.default(scopes=scopes)
+            return found
+        file_credentials = service_account.Credentials.from_service_account_file
+        loaded: gcredentials.Credentials = file_credentials(  # type: ignore[no-untyped-call]
+            config.credentials, scopes=scopes
+        )
+        return loaded
+    except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+        kind = "Application Default Credentials" if config.credentials is None else "the file"
+        raise ConfigError(
+            f"invalid gce config: credentials: cannot load {kind} ({type(exc).__name__})"
+        ) from None
+
+
+class Clients:
+    """One worker thread's own Compute clients."""
+
+    def __init__(self, options: ClientOptions, credentials: gcredentials.Credentials) -> None:
+        self.instances = compute_v1.InstancesClient(client_options=options, credentials=credentials)
+        self.operations = compute_v1.ZoneOperationsClient(
+            client_options=options, credentials=credentials
+        )
+
+
+def _close_all(instances: compute_v1.InstancesClient, ops: compute_v1.ZoneOperationsClient) -> None:
+    instances.transport.close()  # type: ignore[no-untyped-call]
+    ops.transport.close()  # type: ignore[no-untyped-call]
+
+
+class ComputeAPI:
+    """Runs Compute API calls in worker threads, one client set per thread.
+
+    At most ``config.max_concurrent_calls`` calls run at once; a cancelled
+    caller still lets its call finish in the thread (a request on the wire
+    cannot be recalled), then sees the cancellation.
+    """
+
+    def __init__(self, config: GCEConfig, credentials: gcredentials.Credentials) -> None:
+        install_redaction()
+        self._options = ClientOptions(api_endpoint=config.api_endpoint)
+        self._credentials = credentials
+        self._limiter = anyio.CapacityLimiter(config.max_concurrent_calls)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # One finalizer per client set: it closes the set's sessions when its
+        # thread ends (the set is garbage) or when close() runs, whichever first.
+        self._finalizers: list[weakref.finalize[..., Clients]] = []
+        self._closed = False
+        self.clients_made = 0
+
+    def _clients(self) -> Clients:
+        clients: Clients | None = getattr(self._local, "clients", None)
+        if clients is None:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("the GCE InstanceSet is stopped")
+                clients = Clients(self._options, self._credentials)
+                self._finalizers = [f for f in self._finalizers if f.alive]
+                self._finalizers.append(
+                    weakref.finalize(clients, _close_all, clients.instances, clients.operations)
+                )
+                self.clients_made += 1
+            self._local.clients = clients
+        return clients
+
+    def _run(self, what: str, fn: Callable[[Clients], _T]) -> _T:
+        if self._closed:
+            raise RuntimeError("the GCE InstanceSet is stopped")
+        clients = self._clients()
+        try:
+            return fn(clients)
+        except gexc.NotFound as exc:
+            raise NotFoundError(f"GCE {what}: not found", code="notFound") from exc
+        except gexc.GoogleAPICallError as exc:
+            raise wrap_api_error(exc, what) from exc
+        except requests.RequestException as exc:
+            raise TransportError(
+                f"GCE {what}: no answer from the Compute API ({type(exc).__name__})"
+            ) from exc
+
+    async def call(self, what: str, fn: Callable[[Clients], _T]) -> _T:
+        """Run ``fn(clients)`` in a worker thread with that thread's clients.
+
+        ``what`` names the call in error messages. Raises NotFoundError for a
+        404, TransportError when no answer arrived, and otherwise the cloudvm
+        error :func:`wrap_api_error` picks.
+        """
+        return await anyio.to_thread.run_sync(self._run, what, fn, limiter=self._limiter)
+
+    def close(self) -> None:
+        """Close every client set's HTTP sessions. Later calls raise RuntimeError."""
+        with self._lock:
+            self._closed = True
+            finalizers, self._finalizers = self._finalizers, []
+        for finalizer in finalizers:
+            finalizer()
