@@ -1,0 +1,56 @@
+"""cloudvm's Amazon EC2 driver, on aiobotocore.
+
+``cloudvm.load_driver("ec2")`` returns :data:`DRIVER`; its config is
+:class:`EC2Config`. Everything else here is for callers that want the
+EC2-specific details: the error tables, the quota-group table and the
+InstanceSet and Instance classes (for ``isinstance`` and their extra
+properties).
+"""
+
+import contextlib
+from importlib.metadata import PackageNotFoundError, version
+
+from ._config import EC2Config as EC2Config
+from ._driver import DRIVER as DRIVER
+from ._driver import SECRET_USER_DATA_PREFIX as SECRET_USER_DATA_PREFIX
+from ._driver import EC2Client as EC2Client
+from ._driver import EC2Instance as EC2Instance
+from ._driver import EC2InstanceSet as EC2InstanceSet
+from ._errors import BACKOFF_MAX as BACKOFF_MAX
+from ._errors import BACKOFF_MIN as BACKOFF_MIN
+from ._errors import QUOTA_CODES as QUOTA_CODES
+from ._errors import THROTTLE_CODES as THROTTLE_CODES
+from ._errors import EC2APIError as EC2APIError
+from ._keys import aws_fingerprints as aws_fingerprints
+from ._quota import QUOTA_GROUPS as QUOTA_GROUPS
+from ._quota import quota_group as quota_group
+
+try:
+    __version__ = version("cloudvm-ec2")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_MIN",
+    "DRIVER",
+    "QUOTA_CODES",
+    "QUOTA_GROUPS",
+    "SECRET_USER_DATA_PREFIX",
+    "THROTTLE_CODES",
+    "EC2APIError",
+    "EC2Client",
+    "EC2Config",
+    "EC2Instance",
+    "EC2InstanceSet",
+    "__version__",
+    "aws_fingerprints",
+    "quota_group",
+]
+
+# Reprs and tracebacks should say cloudvm_ec2.EC2APIError, not the private path.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) or callable(_value):
+        with contextlib.suppress(AttributeError, TypeError):
+            _value.__module__ = __name__
