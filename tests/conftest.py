@@ -71,13 +71,16 @@ class OpenSSHServer:
         """The per-connection sshd processes: every descendant of the listener
         (the privileged monitor and the unprivileged child holding the socket)."""
         assert self.process is not None
-        table = subprocess.run(
-            ["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True
-        ).stdout
         children: dict[int, list[int]] = {}
-        for line in table.splitlines():
-            pid, ppid = (int(x) for x in line.split())
-            children.setdefault(ppid, []).append(pid)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited meanwhile
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
         found, todo = [], list(children.get(self.process.pid, []))
         while todo:
             pid = todo.pop()
