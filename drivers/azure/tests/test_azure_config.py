@@ -1,0 +1,168 @@
+"""Config validation, the driver's entry point and public surface, and logs."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import cloudvm_azure
+import pytest
+from azure_fake_arm import VM, FakeARM
+from conftest import SET_ID, FakeCredential, make_config
+from test_azure_lifecycle import IMAGE, SMALL, assert_nothing_left
+
+import cloudvm
+from cloudvm import ConfigError, ImageID, InitCommand
+from cloudvm.driverkit import SECRET_TAG
+
+CLIENT_SECRET = "client-secret-value-0123456789"
+
+
+def test_the_entry_point_finds_the_driver() -> None:
+    assert "azure" in cloudvm.available_drivers()
+    assert cloudvm.load_driver("azure") is cloudvm_azure.DRIVER
+    assert isinstance(cloudvm_azure.DRIVER, cloudvm.Driver)
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {n for n in dir(cloudvm_azure) if not n.startswith("_")} - {"contextlib"}
+    assert set(cloudvm_azure.__all__) == public
+    # Sorted as ruff's RUF022 sorts: CONSTANTS, then Classes, then functions.
+    order = sorted(cloudvm_azure.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
+    assert cloudvm_azure.__all__ == order
+    assert cloudvm_azure.AzureConfig.__module__ == "cloudvm_azure"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"subscription_id": None}, "subscription_id"),
+        ({"resource_group": "bad/name"}, "resource_group"),
+        ({"base_url": "http://127.0.0.1:1"}, "base_url"),
+        ({"connection_verify": "maybe"}, "connection_verify"),
+        ({"admin_username": "root"}, "admin_username"),
+        ({"lro_polling_interval": -1}, "lro_polling_interval"),
+        ({"resourcegroup": "typo"}, "resourcegroup"),
+        ({"client_id": "id-only"}, "tenant_id, client_id and client_secret"),
+    ],
+)
+async def test_bad_config_is_refused_naming_the_field(
+    arm: FakeARM, change: dict[str, object], field: str
+) -> None:
+    config = {k: v for k, v in make_config(arm, **change).items() if v is not None}
+    with pytest.raises(ConfigError) as caught:
+        await cloudvm_azure.DRIVER.instance_set(config, SET_ID, {}, logging.getLogger("t"))
+    assert field in str(caught.value)
+    assert arm.requests == []
+
+
+async def test_config_errors_never_echo_the_client_secret(arm: FakeARM) -> None:
+    config = make_config(arm, client_secret=CLIENT_SECRET)  # no tenant_id or client_id
+    with pytest.raises(ConfigError) as caught:
+        await cloudvm_azure.DRIVER.instance_set(config, SET_ID, {}, logging.getLogger("t"))
+    assert CLIENT_SECRET not in str(caught.value)
+
+
+async def test_a_config_as_json_with_a_service_principal_makes_a_set(arm: FakeARM) -> None:
+    config = make_config(arm, tenant_id="tenant", client_id="client", client_secret=CLIENT_SECRET)
+    import json
+
+    instance_set = await cloudvm_azure.DRIVER.instance_set(
+        json.dumps(config), SET_ID, {}, logging.getLogger("t")
+    )
+    assert isinstance(instance_set, cloudvm_azure.AzureInstanceSet)
+    async with instance_set:
+        assert CLIENT_SECRET not in repr(instance_set._config)
+    assert arm.requests == []
+
+
+@pytest.mark.parametrize(
+    ("image", "reference"),
+    [
+        (
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/images/img",
+            {"id": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/images/img"},
+        ),
+        (
+            "/SharedGalleries/gal/Images/img/Versions/1.0.0",
+            {"sharedGalleryImageId": "/SharedGalleries/gal/Images/img/Versions/1.0.0"},
+        ),
+    ],
+)
+async def test_image_ids_become_image_references(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet, image: str, reference: dict[str, str]
+) -> None:
+    instance = await iset.create(SMALL, ImageID(image), {}, InitCommand(""), None)
+    (put,) = arm.calls("PUT", "/virtualMachines/")
+    assert put.body["properties"]["storageProfile"]["imageReference"] == reference
+    await instance.destroy()
+    assert_nothing_left(arm)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ({"image_id": "not-an-image"}, ValueError),
+        ({"tags": {"cloudvm-instance-set": "x"}}, ValueError),
+        ({"tags": {"k": 1}}, ValueError),
+        ({"init_command": "x" * 1024}, ValueError),
+        ({"public_key": "ssh-ed25519 AAAA"}, TypeError),
+    ],
+)
+async def test_bad_create_input_fails_before_any_call(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet, args: dict[str, object], error: type
+) -> None:
+    call: dict[str, object] = {
+        "itype": SMALL,
+        "image_id": IMAGE,
+        "tags": {},
+        "init_command": "",
+        "public_key": None,
+    }
+    call.update(args)
+    with pytest.raises(error):
+        await iset.create(**call)  # type: ignore[arg-type]
+    assert arm.requests == []
+
+
+async def test_stopped_set_refuses_calls(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    await iset.stop()
+    await iset.stop()
+    with pytest.raises(RuntimeError):
+        await iset.instances()
+    assert arm.requests == []
+
+
+async def test_secrets_never_reach_the_logs(
+    arm: FakeARM, credential: FakeCredential, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    init = "echo init-marker-5f1e > /tmp/x"
+    config = make_config(arm, tenant_id="tenant", client_id="client", client_secret=CLIENT_SECRET)
+    instance_set = await cloudvm_azure.open_instance_set(
+        config, SET_ID, {}, logging.getLogger("cloudvm.azure.test"), credential=credential
+    )
+    async with instance_set:
+        instance = await instance_set.create(SMALL, IMAGE, {"job": "a"}, InitCommand(init), None)
+        await instance_set.instances()
+        await instance.set_tags({"job": "b"})
+        vm = arm.get(VM, instance.id)
+        assert vm is not None
+        secret = vm["tags"][SECRET_TAG]
+        custom_data = vm["properties"]["osProfile"]["customData"]
+        await instance.destroy()
+    assert_nothing_left(arm)
+    assert any(r.name.startswith("azure") for r in caplog.records)  # azure-core did log
+    assert any("created azure VM" in r.getMessage() for r in caplog.records)
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.__dict__)
+        for forbidden in (
+            secret,
+            CLIENT_SECRET,
+            custom_data,
+            init,
+            base64.b64encode(init.encode()).decode(),
+        ):
+            assert forbidden not in text, record.name

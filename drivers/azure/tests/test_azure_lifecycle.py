@@ -1,0 +1,226 @@
+"""Create, list, tag and destroy against the fake ARM server."""
+
+from __future__ import annotations
+
+import base64
+
+import asyncssh
+import cloudvm_azure
+from azure_fake_arm import DISK, NIC, VM, FakeARM
+from conftest import GROUP, SET_ID, SUBSCRIPTION
+
+import cloudvm
+from cloudvm import ImageID, InitCommand, InstanceType
+from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG
+
+IMAGE = ImageID("Canonical:ubuntu-24_04-lts:server:latest")
+SMALL = InstanceType(
+    name="small",
+    provider_type="Standard_D2s_v5",
+    vcpus=2,
+    ram=8 << 30,
+    scratch=0,
+    included_scratch=0,
+    added_scratch=0,
+    price=0.1,
+)
+
+
+def assert_nothing_left(arm: FakeARM) -> None:
+    assert arm.of_type(VM) == []
+    assert arm.of_type(NIC) == []
+    assert arm.of_type(DISK) == []
+
+
+async def test_create_makes_a_tagged_nic_then_a_tagged_vm(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    instance = await iset.create(SMALL, IMAGE, {"job": "a"}, InitCommand("echo hi"), key)
+
+    puts = [r for r in arm.requests if r.method == "PUT"]
+    assert [p.path.split("/")[-2] for p in puts] == ["networkInterfaces", "virtualMachines"]
+    nic_tags = puts[0].body["tags"]
+    assert nic_tags[SET_ID_TAG] == SET_ID
+    assert nic_tags["owner"] == "tests"
+    vm_body = puts[1].body
+    assert vm_body["tags"]["job"] == "a"
+    assert vm_body["tags"][SET_ID_TAG] == SET_ID
+    assert len(vm_body["tags"][SECRET_TAG]) >= 32
+    props = vm_body["properties"]
+    assert props["osProfile"]["linuxConfiguration"]["disablePasswordAuthentication"] is True
+    public_keys = props["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
+    assert public_keys == [
+        {
+            "path": "/home/crunch/.ssh/authorized_keys",
+            "keyData": key.export_public_key("openssh").decode().strip(),
+        }
+    ]
+    assert base64.b64decode(props["osProfile"]["customData"]) == b"#!/bin/sh\necho hi\n"
+    assert props["storageProfile"]["imageReference"] == {
+        "publisher": "Canonical",
+        "offer": "ubuntu-24_04-lts",
+        "sku": "server",
+        "version": "latest",
+    }
+    assert "priority" not in props
+    assert props["networkProfile"]["networkInterfaces"][0]["id"].endswith(
+        f"/networkInterfaces/{instance.id}-nic"
+    )
+    assert puts[0].headers["authorization"] == "Bearer fake-arm-token"
+    assert all(r.query["api-version"] for r in arm.requests)
+
+    assert instance.tags == {"job": "a"}
+    assert instance.address.startswith("10.0.")
+    assert instance.remote_user == "crunch"
+    assert instance.provider_type == "Standard_D2s_v5"
+    # The disk Azure made for the VM is tagged afterwards.
+    (disk,) = arm.of_type(DISK)
+    assert disk["tags"][SET_ID_TAG] == SET_ID
+
+    await instance.destroy()
+    assert_nothing_left(arm)
+
+
+async def test_instances_lists_our_vms_with_addresses_and_exact_tags(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    first = await iset.create(SMALL, IMAGE, {"job": "a"}, InitCommand(""), None)
+    second = await iset.create(SMALL, IMAGE, {"job": "b"}, InitCommand(""), None)
+    arm.requests.clear()
+
+    everything = await iset.instances()
+    assert {i.id for i in everything} == {first.id, second.id}
+    assert {i.address for i in everything} == {first.address, second.address}
+    only_b = await iset.instances({"job": "b"})
+    assert [i.id for i in only_b] == [second.id]
+    assert only_b[0].tags == {"job": "b"}
+    # One VM listing and one batched NIC listing per call, no per-VM GET.
+    assert [r.path.rsplit("/", 1)[-1] for r in arm.requests] == [
+        "virtualMachines",
+        "networkInterfaces",
+        "virtualMachines",
+        "networkInterfaces",
+    ]
+
+    for instance in everything:
+        await instance.destroy()
+    assert await iset.instances() == []
+    assert_nothing_left(arm)
+
+
+async def test_instances_ignores_vms_of_other_sets(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    arm.add(
+        SUBSCRIPTION,
+        GROUP,
+        VM,
+        "foreign",
+        {"location": "westeurope", "tags": {SET_ID_TAG: "other"}},
+    )
+    assert await iset.instances() == []
+    assert [r.path.rsplit("/", 1)[-1] for r in arm.requests] == ["virtualMachines"]
+    arm.resources.clear()
+
+
+async def test_set_tags_replaces_user_tags_and_keeps_the_set_tags(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    instance = await iset.create(SMALL, IMAGE, {"job": "a", "old": "x"}, InitCommand(""), None)
+    await instance.set_tags({"job": "b"})
+    assert instance.tags == {"job": "b"}
+    (listed,) = await iset.instances({"job": "b"})
+    assert listed.tags == {"job": "b"}
+    stored = arm.get(VM, instance.id)
+    assert stored is not None
+    assert stored["tags"][SET_ID_TAG] == SET_ID
+    assert SECRET_TAG in stored["tags"]
+    await instance.destroy()
+    assert_nothing_left(arm)
+
+
+async def test_destroy_deletes_the_vm_then_its_nic_then_its_disks(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    spot_with_scratch = InstanceType(
+        name="spot",
+        provider_type="Standard_E4as_v5",
+        vcpus=4,
+        ram=32 << 30,
+        scratch=50 << 30,
+        included_scratch=0,
+        added_scratch=(50 << 30) + 1,
+        price=0.05,
+        preemptible=True,
+    )
+    instance = await iset.create(spot_with_scratch, IMAGE, {}, InitCommand(""), None)
+    (vm_put,) = arm.calls("PUT", "/virtualMachines/")
+    props = vm_put.body["properties"]
+    assert props["priority"] == "Spot"
+    assert props["evictionPolicy"] == "Delete"
+    assert props["billingProfile"] == {"maxPrice": -1}
+    assert props["storageProfile"]["dataDisks"][0]["diskSizeGB"] == 51
+    assert len(arm.of_type(DISK)) == 2
+    assert all(d["tags"][SET_ID_TAG] == SET_ID for d in arm.of_type(DISK))
+    arm.requests.clear()
+
+    await instance.destroy()
+    deletes = [r.path.split("/")[-2] for r in arm.requests if r.method == "DELETE"]
+    assert deletes == ["virtualMachines", "networkInterfaces", "disks", "disks"]
+    assert_nothing_left(arm)
+    # Destroying again is harmless.
+    await instance.destroy()
+
+
+async def test_instances_pages_through_next_links(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    arm.page_size = 2
+    created = [await iset.create(SMALL, IMAGE, {}, InitCommand(""), None) for _ in range(5)]
+    arm.requests.clear()
+    listed = await iset.instances()
+    assert sorted(i.id for i in listed) == sorted(i.id for i in created)
+    assert all(i.address for i in listed)
+    vm_pages = arm.calls("GET", "/virtualMachines$")
+    assert len(vm_pages) == 3
+    assert [p.query.get("$skiptoken") for p in vm_pages] == [None, "2", "4"]
+    assert len(arm.calls("GET", "/networkInterfaces$")) == 3
+    for instance in created:
+        await instance.destroy()
+    assert_nothing_left(arm)
+
+
+def test_quota_groups_follow_azure_families(iset: cloudvm_azure.AzureInstanceSet) -> None:
+    def group(size: str, preemptible: bool = False) -> str:
+        itype = InstanceType("t", size, 2, 1, 0, 0, 0, 0.1, preemptible=preemptible)
+        return iset.instance_quota_group(itype)
+
+    assert group("Standard_D2s_v5") == "standardDSv5Family"
+    assert group("Standard_D16s_v5") == "standardDSv5Family"
+    assert group("Standard_E8as_v5") == "standardEASv5Family"
+    assert group("Standard_NC6") == "standardNCFamily"
+    assert group("Standard_D2s_v5", preemptible=True) == "lowPriority"
+    assert group("Standard_E8as_v5", preemptible=True) == "lowPriority"
+
+
+async def test_the_conformance_sequence_at_api_level(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    """Arvados cloudtest's API steps: nothing of ours exists; create with
+    tags; the instance is listed at once with exact tags; destroy; gone."""
+    assert isinstance(iset, cloudvm.InstanceSet)
+    assert await iset.instances() == []
+    tags = {"cloudtest": "yes", "with space": "and = sign"}
+    instance = await iset.create(SMALL, IMAGE, tags, InitCommand("true"), None)
+    assert isinstance(instance, cloudvm.Instance)
+    (listed,) = await iset.instances(tags)
+    assert listed.id == instance.id == str(instance)
+    assert listed.tags == tags
+    assert listed.address == instance.address
+    (price,) = listed.price_history(SMALL)
+    assert price.price == SMALL.price
+    assert price.start_time.tzinfo is not None
+    await listed.destroy()
+    assert await iset.instances() == []
+    assert_nothing_left(arm)
