@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -220,10 +222,7 @@ class LoopbackInstanceSet(InstanceSetBase):
         while fd is None:  # other processes share the quota: serialise with them
             fd = _state.try_lock(quota_lock)
             if fd is None:
-                anyio.from_thread.check_cancelled()
-                import time
-
-                time.sleep(_POLL_INTERVAL)
+                time.sleep(_POLL_INTERVAL)  # a worker thread: blocking is fine here
         try:
             count = sum(1 for _ in _state.instance_dirs(self._config.state_dir))
             if count >= self._config.max_instances:
@@ -329,8 +328,6 @@ class LoopbackInstanceSet(InstanceSetBase):
 
 
 def _json(tags: Mapping[str, str]) -> str:
-    import json
-
     return json.dumps(dict(tags), ensure_ascii=False)
 
 
