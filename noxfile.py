@@ -71,7 +71,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the core, tests, examples and every driver."""
     _install_everything(session)
-    session.install("mypy>=1.10")
+    session.install("mypy>=1.10", "nox")  # nox: the noxfile is type-checked too
     session.run("mypy")
     for driver in DRIVERS:
         session.run("mypy", "--strict", str(driver.relative_to(ROOT) / f"cloudvm_{driver.name}"))
