@@ -7,8 +7,8 @@ InstanceSet and Instance classes (for ``isinstance`` and their extra
 properties).
 """
 
-import contextlib
-from importlib.metadata import PackageNotFoundError, version
+import contextlib as _contextlib
+from importlib import metadata as _metadata
 
 from ._config import EC2Config as EC2Config
 from ._driver import DRIVER as DRIVER
@@ -26,8 +26,8 @@ from ._quota import QUOTA_GROUPS as QUOTA_GROUPS
 from ._quota import quota_group as quota_group
 
 try:
-    __version__ = version("cloudvm-ec2")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("cloudvm-ec2")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
@@ -52,5 +52,5 @@ __all__ = [
 for _name in __all__:
     _value = globals()[_name]
     if isinstance(_value, type) or callable(_value):
-        with contextlib.suppress(AttributeError, TypeError):
+        with _contextlib.suppress(AttributeError, TypeError):
             _value.__module__ = __name__

@@ -16,7 +16,10 @@ import anyio
 import anyio.to_thread
 import asyncssh
 import httpx
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+)
 
 from cloudvm import (
     CloudError,
@@ -791,8 +794,8 @@ async def _new_instance_set(
 
 async def _open_client(config: EC2Config, stack: contextlib.AsyncExitStack) -> EC2Client:
     """One aiobotocore EC2 client with SDK retries off, entered on ``stack``."""
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import AioSession
+    from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+    from aiobotocore.session import AioSession  # type: ignore[import-untyped]
 
     # Building a client reads botocore's data files (~0.15 s of JSON for
     # EC2): load them in a worker thread into the session's loader, whose

@@ -7,6 +7,7 @@ import hashlib
 
 import asyncssh
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = ["aws_fingerprints", "key_pair_name", "public_key_material"]
 
@@ -24,6 +25,7 @@ def aws_fingerprints(key: asyncssh.SSHKey) -> list[str]:
     algorithm = key.get_algorithm()
     if algorithm == "ssh-rsa":
         pyca = key.convert_to_public().pyca_key
+        assert isinstance(pyca, rsa.RSAPublicKey)
         der = pyca.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

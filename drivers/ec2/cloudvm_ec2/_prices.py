@@ -72,9 +72,9 @@ class SpotPriceCache:
         entry, or every listing would ask again. Malformed entries are
         skipped; pairs not refreshed for a long time are forgotten."""
         asked = list(asked)
-        types = {itype for itype, _ in asked}
-        for itype, zone in asked:
-            self._updated[_Key(itype, zone)] = now
+        types = {asked_type for asked_type, _ in asked}
+        for asked_type, asked_zone in asked:
+            self._updated[_Key(asked_type, asked_zone)] = now
         for entry in entries:
             itype, zone = entry.get("InstanceType"), entry.get("AvailabilityZone")
             stamp = entry.get("Timestamp")

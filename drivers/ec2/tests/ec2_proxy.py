@@ -8,6 +8,8 @@
 - It enforces ClientToken idempotency for RunInstances, which moto ignores: a
   repeat with the same token and parameters gets the first answer again; a
   repeat with other parameters gets IdempotentParameterMismatch.
+- It can hold a request for a while before forwarding it, so that a test can
+  cancel the caller mid-call.
 - It records every request's Action and parameters, in order.
 
 It runs in its own thread (a ``ThreadingHTTPServer`` on 127.0.0.1, port 0),
@@ -20,6 +22,7 @@ import dataclasses
 import http.client
 import http.server
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Self
@@ -56,10 +59,11 @@ class _Rule:
     action: str
     when: Callable[[Mapping[str, str]], bool] | None
     times: int | None  # None: forever
-    kind: str  # "error", "canned", "lose"
+    kind: str  # "error", "canned", "lose", "delay"
     status: int = 200
     body: bytes = b""
     code: str = ""
+    delay: float = 0.0
 
     def matches(self, action: str, params: Mapping[str, str]) -> bool:
         if action != self.action or self.times == 0:
@@ -118,6 +122,12 @@ class EC2FaultProxy:
         drop the connection instead of answering."""
         with self._lock:
             self._rules.append(_Rule(action, None, times, "lose"))
+
+    def delay(self, action: str, seconds: float, *, times: int | None = 1) -> None:
+        """Hold the next ``times`` requests for ``action`` for ``seconds``
+        before forwarding them to moto (the caller may give up meanwhile)."""
+        with self._lock:
+            self._rules.append(_Rule(action, None, times, "delay", delay=seconds))
 
     def actions(self) -> list[str]:
         """The Actions received, in order."""
@@ -192,6 +202,9 @@ class EC2FaultProxy:
             self._record(action, params, "canned")
             self._reply(handler, rule.status, rule.body)
             return
+        if kind == "delay":
+            assert rule is not None
+            time.sleep(rule.delay)
         status, headers, answer, how = self._forward(handler, body, action, params)
         if kind == "lose":
             self._record(action, params, "lost")
@@ -264,5 +277,8 @@ class EC2FaultProxy:
         if "content-type" not in sent:
             handler.send_header("Content-Type", "text/xml;charset=UTF-8")
         handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        try:
+            handler.end_headers()
+            handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True  # the client gave up waiting

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-import boto3
+import anyio
+import boto3  # type: ignore[import-untyped]
 from cloudvm_ec2 import EC2InstanceSet
 
 import cloudvm
@@ -77,3 +78,17 @@ def itype(
         price=price,
         preemptible=preemptible,
     )
+
+
+_T = TypeVar("_T")
+
+
+async def eventually(probe: Callable[[], Awaitable[_T]], timeout: float = 10.0) -> _T:
+    """Call ``probe`` until it returns something truthy (a cloud being polled,
+    as the conformance steps do); TimeoutError after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while True:
+            result = await probe()
+            if result:
+                return result
+            await anyio.sleep(0.1)

@@ -3,6 +3,7 @@ reaches the driver's real botocore parse path."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import prometheus_client
@@ -14,7 +15,6 @@ from ec2_support import MakeSet, World, itype
 import cloudvm
 from cloudvm.driverkit import SET_ID_TAG
 
-IMAGE = cloudvm.ImageID("")  # replaced per test by the world's image
 NO_INIT = cloudvm.InitCommand("")
 
 
@@ -32,7 +32,7 @@ async def create(instance_set: cloudvm.InstanceSet, world: World, **kw: object) 
     )
 
 
-def on_subnet(subnet: str) -> object:
+def on_subnet(subnet: str) -> Callable[[Mapping[str, str]], bool]:
     return lambda params: params.get("NetworkInterface.1.SubnetId") == subnet
 
 
@@ -77,7 +77,12 @@ async def test_every_quota_code_is_a_quota_error(
     ("code", "message", "type_specific", "group_specific"),
     [
         ("VcpuLimitExceeded", "You have requested more vCPU capacity", False, True),
-        ("InsufficientInstanceCapacity", "We currently do not have sufficient capacity", True, False),
+        (
+            "InsufficientInstanceCapacity",
+            "We currently do not have sufficient capacity",
+            True,
+            False,
+        ),
         ("UnfulfillableCapacity", "Unable to fulfill capacity", True, False),
         ("ReservationCapacityExceeded", "The reservation is full", True, False),
         (
@@ -324,7 +329,9 @@ async def test_metrics_count_calls_and_starts_per_subnet(
     def sample(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
 
-    assert sample("cloudvm_api_calls_total", driver="ec2", operation="RunInstances", outcome="ok") == 2
+    assert (
+        sample("cloudvm_api_calls_total", driver="ec2", operation="RunInstances", outcome="ok") == 2
+    )
     assert (
         sample(
             "cloudvm_api_calls_total",

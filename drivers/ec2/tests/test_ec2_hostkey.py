@@ -12,7 +12,7 @@ import asyncssh
 import pytest
 from cloudvm_ec2 import EC2Instance
 from ec2_support import REGION, MakeSet, World, itype
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 
 import cloudvm

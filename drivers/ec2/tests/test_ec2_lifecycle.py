@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 import asyncssh
 import pytest
@@ -183,8 +184,8 @@ async def test_run_instances_request_is_exact(
     }
     assert data["KeyName"] == key_name
     assert data["IamInstanceProfile"]["Arn"].endswith(":instance-profile/workers")  # type: ignore[index]
-    [nic] = data["NetworkInterfaces"]  # type: ignore[misc]
-    assert "Association" not in nic or not nic["Association"].get("PublicIp")
+    nics: list[dict[str, Any]] = data["NetworkInterfaces"]  # type: ignore[assignment]
+    assert [n.get("Association", {}).get("PublicIp") for n in nics] == [None]
     [scratch] = [
         d
         for d in data["BlockDeviceMappings"]  # type: ignore[attr-defined]
@@ -328,9 +329,7 @@ async def test_public_address_mode(make_set: MakeSet, world: World) -> None:
     assert listed.address != data["PrivateIpAddress"]
 
 
-async def test_stop_closes_the_client(
-    world: World, no_unclosed_sessions: None
-) -> None:
+async def test_stop_closes_the_client(world: World, no_unclosed_sessions: None) -> None:
     driver = cloudvm.load_driver("ec2")
     async with await driver.instance_set(
         ec2_config(world), cloudvm.InstanceSetID("s"), {}, logging.getLogger("t")
