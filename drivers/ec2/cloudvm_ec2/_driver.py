@@ -37,6 +37,7 @@ from cloudvm import (
     driver_func,
 )
 from cloudvm.driverkit import (
+    RESERVED_TAG_PREFIX,
     SECRET_TAG,
     SET_ID_TAG,
     InstanceSetBase,
@@ -175,7 +176,7 @@ class EC2Instance:
     @property
     def tags(self) -> InstanceTags:
         """A copy of the user's tags (cloudvm's own ``cloudvm-*`` tags hidden)."""
-        return {k: v for k, v in self._all_tags.items() if not k.startswith("cloudvm-")}
+        return {k: v for k, v in self._all_tags.items() if not k.startswith(RESERVED_TAG_PREFIX)}
 
     @property
     def address(self) -> str:
@@ -220,7 +221,7 @@ class EC2Instance:
         await self._set._replace_tags(self._id, checked)
         self._all_tags = {
             **checked,
-            **{k: v for k, v in self._all_tags.items() if k.startswith("cloudvm-")},
+            **{k: v for k, v in self._all_tags.items() if k.startswith(RESERVED_TAG_PREFIX)},
         }
 
     def price_history(self, itype: InstanceType) -> list[InstancePrice]:
@@ -699,7 +700,7 @@ class EC2InstanceSet(InstanceSetBase):
                 f"EC2 instance {instance_id} does not carry this InstanceSet's id "
                 "(gone, or another set's); its tags are left alone"
             )
-        stale = [k for k in current if not k.startswith("cloudvm-") and k not in tags]
+        stale = [k for k in current if not k.startswith(RESERVED_TAG_PREFIX) and k not in tags]
         if tags:
             await self._call(
                 "CreateTags",

@@ -50,6 +50,8 @@ async def test_every_throttle_code_is_a_rate_limit_error(
     for exc in (created.value, listed.value):
         assert exc.code == code
         assert 0.5 < seconds_until(exc.earliest_retry) <= 1.0
+    # SDK retries are off: each call reached EC2 exactly once.
+    assert proxy.actions() == ["RunInstances", "DescribeInstances"]
 
 
 async def test_a_429_without_a_known_code_is_a_rate_limit_error(
