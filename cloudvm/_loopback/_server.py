@@ -1,7 +1,7 @@
 """One loopback instance: a detached process running an asyncssh server.
 
-Started as ``python -m cloudvm._loopback._server <instance dir>``. The
-launcher forks at once and exits, so the instance outlives whoever created it
+Started as ``python <path of this file> <instance dir>`` (by path, so that
+nothing heavy is imported before the fork). The launcher forks at once and exits, so the instance outlives whoever created it
 (it is a cloud resource), and its creator never has to reap it.
 
 Booting means: wait ``boot_delay``, run the init command once, generate a host
@@ -22,9 +22,12 @@ def _daemonize(instance_dir: str) -> None:
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
-    log = os.open(
-        os.path.join(instance_dir, "server.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-    )
+    try:
+        log = os.open(
+            os.path.join(instance_dir, "server.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+    except FileNotFoundError:
+        os._exit(1)  # destroyed before it could start: nothing to serve
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(log, 1)
@@ -35,7 +38,7 @@ def _daemonize(instance_dir: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m cloudvm._loopback._server <instance dir>")
+        sys.exit("usage: python _server.py <instance dir>")
     _daemonize(sys.argv[1])
     from cloudvm._loopback._instance_process import main
 
