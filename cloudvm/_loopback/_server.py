@@ -1,8 +1,9 @@
 """One loopback instance: a detached process running an asyncssh server.
 
 Started as ``python <path of this file> <instance dir>`` (by path, so that
-nothing heavy is imported before the fork). The launcher forks at once and exits, so the instance outlives whoever created it
-(it is a cloud resource), and its creator never has to reap it.
+nothing heavy is imported before the fork). The launcher forks at once and
+exits, so the instance outlives whoever created it (it is a cloud resource),
+and its creator never has to reap it.
 
 Booting means: wait ``boot_delay``, run the init command once, generate a host
 key, listen on 127.0.0.1 (a free port), and publish the address. The server
