@@ -10,6 +10,8 @@
   repeat with other parameters gets IdempotentParameterMismatch.
 - It can hold a request for a while before forwarding it, so that a test can
   cancel the caller mid-call.
+- It answers a second TerminateInstances of an instance as EC2 does (a
+  success), where moto fails with InvalidNetworkInterfaceID.NotFound.
 - It records every request's Action and parameters, in order.
 
 It runs in its own thread (a ``ThreadingHTTPServer`` on 127.0.0.1, port 0),
@@ -224,6 +226,8 @@ class EC2FaultProxy:
         action: str,
         params: Mapping[str, str],
     ) -> tuple[int, dict[str, str], bytes, str]:
+        if action == "TerminateInstances":
+            return self._terminate(handler, body, params)
         token = params.get("ClientToken") if action == "RunInstances" else None
         if token is None:
             return (*self._upstream_call(handler, body), "moto")
@@ -248,6 +252,32 @@ class EC2FaultProxy:
             if status == 200:
                 self._tokens[token] = (same, status, answer)
             return status, headers, answer, "moto"
+
+    def _terminate(
+        self, handler: http.server.BaseHTTPRequestHandler, body: bytes, params: Mapping[str, str]
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        status, headers, answer = self._upstream_call(handler, body)
+        if status != 400 or b"InvalidNetworkInterfaceID.NotFound" not in answer:
+            return status, headers, answer, "moto"
+        # moto fails a second TerminateInstances (it deletes the instance's NIC
+        # again); EC2 answers it as a success with the state unchanged.
+        ids = [v for k, v in sorted(params.items()) if k.startswith("InstanceId.")]
+        items = "".join(
+            f"<item><instanceId>{escape(i)}</instanceId>"
+            "<currentState><code>48</code><name>terminated</name></currentState>"
+            "<previousState><code>48</code><name>terminated</name></previousState></item>"
+            for i in ids
+        )
+        return (
+            200,
+            {"Content-Type": "text/xml"},
+            (
+                '<TerminateInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+                f"<requestId>{uuid.uuid4()}</requestId><instancesSet>{items}</instancesSet>"
+                "</TerminateInstancesResponse>"
+            ).encode(),
+            "terminated-again",
+        )
 
     def _upstream_call(
         self, handler: http.server.BaseHTTPRequestHandler, body: bytes

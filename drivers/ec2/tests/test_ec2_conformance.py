@@ -1,19 +1,50 @@
-"""The contract's API-level steps against moto, in the order of Arvados'
-cloudtest (REFERENCE.md section 1), plus the core's resilient wrapper over
-the EC2 driver. The SSH steps (boot probe, host-key proof) are in
-test_ec2_hostkey.py: moto's instances run nothing."""
+"""The conformance kit against the EC2 driver on moto (with a host behind
+each instance, see ec2_hosts.py), the same API-level steps written out in
+the order of Arvados' cloudtest, cancellation, and the core's resilient
+wrapper over the EC2 driver."""
 
 from __future__ import annotations
 
 import time
 
 import anyio
+import asyncssh
 import pytest
 from cloudvm_ec2 import EC2Instance
+from ec2_hosts import Hosts, hosted_driver
 from ec2_proxy import EC2FaultProxy
-from ec2_support import MakeSet, World, eventually, itype
+from ec2_support import MakeSet, World, ec2_config, eventually, itype
 
 import cloudvm
+
+
+async def test_conformance_kit_passes(world: World, proxy: EC2FaultProxy) -> None:
+    conformance = pytest.importorskip("cloudvm.testing.conformance")
+    hosts = Hosts(world.url)
+    try:
+        report = await conformance.run_conformance(
+            conformance.ConformanceConfig(
+                driver=hosted_driver(hosts),
+                config=ec2_config(world, proxy.url, subnet_ids=world.subnet_ids),
+                image_id=cloudvm.ImageID(world.image_id),
+                instance_type=itype("t3.small"),
+                ssh_key=asyncssh.generate_private_key("ssh-ed25519"),
+                shared_tags={"cluster": "conformance"},
+                extra_command="uname -s",
+                boot_timeout=30,
+                destroy_timeout=30,
+                settle_timeout=10,
+                poll_interval=0.1,
+                ssh_connect_timeout=10,
+            )
+        )
+    finally:
+        await hosts.aclose()
+    assert report.ok, str(report)
+    # It really was EC2's API underneath.
+    assert {"RunInstances", "DescribeInstances", "CreateTags", "TerminateInstances"} <= set(
+        proxy.actions()
+    )
 
 
 async def test_cloudtest_sequence(make_set: MakeSet, world: World, proxy: EC2FaultProxy) -> None:

@@ -28,8 +28,10 @@ def moto_tags(world: World, instance_id: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in data.get("Tags", [])}  # type: ignore[attr-defined]
 
 
-async def test_lifecycle_create_list_tag_destroy(make_set: MakeSet, world: World) -> None:
-    instance_set = await make_set()
+async def test_lifecycle_create_list_tag_destroy(
+    make_set: MakeSet, world: World, proxy: EC2FaultProxy
+) -> None:
+    instance_set = await make_set(endpoint=proxy.url)
     assert await instance_set.instances() == []
 
     created = await instance_set.create(
@@ -56,6 +58,8 @@ async def test_lifecycle_create_list_tag_destroy(make_set: MakeSet, world: World
     await listed[0].destroy()
     assert await instance_set.instances() == []
     assert moto_instance(world, created.id)["State"] == {"Code": 48, "Name": "terminated"}
+    await listed[0].destroy()  # already gone: not an error
+    assert proxy.calls("TerminateInstances")[-1].answer == "terminated-again"
 
 
 async def test_instance_carries_set_id_and_secret_tags(make_set: MakeSet, world: World) -> None:
