@@ -167,10 +167,12 @@ class EC2Instance:
 
     @property
     def id(self) -> InstanceID:
+        """EC2's instance id (``i-...``)."""
         return self._id
 
     @property
     def provider_type(self) -> str:
+        """The EC2 instance type (``m5.large``)."""
         return self._type
 
     @property

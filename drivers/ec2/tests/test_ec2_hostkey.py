@@ -6,25 +6,18 @@ SSH executor."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator
 
 import asyncssh
 import pytest
 from cloudvm_ec2 import EC2Instance
-from ec2_support import REGION, MakeSet, World, itype
-from moto.core.models import DEFAULT_ACCOUNT_ID
-from moto.ec2.models import ec2_backends
+from ec2_hosts import tags_from_moto
+from ec2_support import MakeSet, World, itype
 
 import cloudvm
 from cloudvm.driverkit import SECRET_TAG, metadata_client
 from cloudvm.testing import HTTPRequest, HTTPResponse, IMDSv2Service, SSHTestServer
-
-
-def tags_from_moto(instance_id: str) -> Callable[[], Mapping[str, str]]:
-    """The instance's tags as moto's backend (in this process) holds them now,
-    as EC2's IMDS serves them with InstanceMetadataTags enabled."""
-    backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
-    return lambda: dict(backend.tags.get(instance_id, {}))
 
 
 class AtAddress:
@@ -46,6 +39,23 @@ class AtAddress:
         self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
     ) -> None:
         await self._instance.verify_host_key(key, conn)
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    server: SSHTestServer, key: asyncssh.SSHKey
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """A plain connection to ``server``, using nothing from the environment."""
+    async with asyncssh.connect(
+        "127.0.0.1",
+        server.port,
+        username="admin",
+        client_keys=[key],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    ) as conn:
+        yield conn
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +141,7 @@ async def test_metadata_without_the_tag_fails(
     imds = IMDSv2Service(instance.id, dict)
     async with (
         SSHTestServer(authorized_keys=[client_key], metadata=imds) as server,
-        asyncssh.connect(
-            "127.0.0.1",
-            server.port,
-            username="admin",
-            client_keys=[client_key],
-            known_hosts=None,
-            agent_path=None,
-            config=None,
-        ) as conn,
+        connect(server, client_key) as conn,
     ):
         with pytest.raises(cloudvm.HostKeyError, match="cannot read the metadata service"):
             await instance.verify_host_key(server.host_key, conn)
@@ -176,15 +178,7 @@ async def test_the_metadata_service_refuses_missing_or_wrong_tokens(
     imds = IMDSv2Service(instance.id, tags_from_moto(instance.id))
     async with (
         SSHTestServer(authorized_keys=[client_key], metadata=imds) as server,
-        asyncssh.connect(
-            "127.0.0.1",
-            server.port,
-            username="admin",
-            client_keys=[client_key],
-            known_hosts=None,
-            agent_path=None,
-            config=None,
-        ) as conn,
+        connect(server, client_key) as conn,
         metadata_client(conn) as client,
     ):
         path = f"/latest/meta-data/tags/instance/{SECRET_TAG}"
