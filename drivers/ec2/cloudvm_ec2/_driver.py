@@ -19,7 +19,9 @@ import httpx
 from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
     ClientError,
+    HTTPClientError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cloudvm import (
     CloudError,
@@ -77,7 +79,7 @@ _MAX_TAGS = 50  # per EC2 resource
 _IMDS_TAG_KEY = re.compile(r"^[A-Za-z0-9+\-=.,_:@]+$")
 _IMDS_FORBIDDEN_KEYS = frozenset({".", "..", "_index"})
 _GONE_STATES = frozenset({"shutting-down", "terminated"})
-_GONE_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
+_GONE_CODES = frozenset({"InvalidInstanceID.NotFound"})
 # EC2 filter values treat these as wildcards unless escaped with a backslash.
 _FILTER_SPECIALS = re.compile(r"([\\*?])")
 _LOST_RESPONSE_PAUSE = 0.5  # seconds before repeating a RunInstances that got no answer
@@ -672,7 +674,8 @@ class EC2InstanceSet(InstanceSetBase):
                     "RunInstances", CallKind.CREATE, self._client.run_instances, **params
                 )
             except EC2APIError as exc:
-                if exc.code is not None or attempt == retries:
+                lost = isinstance(exc.__cause__, (HTTPClientError, BotoConnectionError, OSError))
+                if not lost or attempt == retries:
                     raise
                 self._logger.warning(
                     "RunInstances got no answer (%s); repeating it with the same ClientToken",

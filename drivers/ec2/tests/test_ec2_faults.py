@@ -3,6 +3,7 @@ reaches the driver's real botocore parse path."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
@@ -361,3 +362,17 @@ async def test_metrics_count_calls_and_starts_per_subnet(
         await instance.destroy()
     await instance_set.instances()
     assert sample(per_subnet, instance_set="test-set", subnet_id=b) == 0
+
+
+async def test_missing_credentials_are_reported_not_retried(
+    make_set: MakeSet, world: World, proxy: EC2FaultProxy
+) -> None:
+    # No static credentials, and the standard chain finds none here (the
+    # environment is clean and instance metadata is off).
+    instance_set = await make_set(endpoint=proxy.url, access_key_id=None, secret_access_key=None)
+    started = time.monotonic()
+    with pytest.raises(EC2APIError, match="credentials") as caught:
+        await create(instance_set, world)
+    assert caught.value.code is None
+    assert time.monotonic() - started < 0.4  # not repeated like a lost response
+    assert proxy.actions() == []
