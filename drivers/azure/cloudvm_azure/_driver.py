@@ -63,8 +63,6 @@ IMDS_API_VERSION = "2021-02-01"
 IMDS_TIMEOUT = 30.0  # seconds for the whole metadata exchange
 CLEANUP_TIMEOUT = 300.0  # seconds a failed create may spend deleting what it made
 _SWEEP_ERROR_DELAY = 5.0  # seconds before the next sweep after a failed one
-_GONE_STATES = frozenset({"deleting"})
-_GONE_POWER_STATES = frozenset({"PowerState/deallocated", "PowerState/deallocating"})
 # Standard_E8as_v5 -> ("E", "as", "_v5")
 _SIZE = re.compile(r"^(?:Standard|Basic)_([A-Za-z]+)\d+(?:-\d+)?([a-z]*)(?:_([A-Za-z0-9]+))*$")
 
@@ -528,8 +526,10 @@ class AzureInstanceSet(InstanceSetBase):
     async def instances(self, tags: InstanceTags | None = None) -> list[Instance]:
         """Every VM of this set carrying all of ``tags``: all pages of the
         resource group's VMs, filtered here (Azure cannot filter by tag), with
-        addresses from one listing of the group's NICs. VMs being deleted or
-        deallocated are left out. RateLimitError when throttled."""
+        addresses from one listing of the group's NICs. VMs being deleted,
+        stopped or deallocated are included: they still exist and may still
+        cost money, so a caller must see them until they are gone.
+        RateLimitError when throttled."""
         self._check_open()
         wanted = validate_tags(tags or {})
         with self._metrics.observe("instances"):
@@ -539,7 +539,6 @@ class AzureInstanceSet(InstanceSetBase):
                 for vm in vms
                 if (vm.get("tags") or {}).get(SET_ID_TAG) == self._id
                 and all((vm.get("tags") or {}).get(k) == v for k, v in wanted.items())
-                and not _is_gone(vm)
             ]
             addresses: dict[str, str] = {}
             if mine:
@@ -704,14 +703,6 @@ def _disk_names(vm: Mapping[str, Any]) -> list[str]:
 
 def _vm_created(vm: Mapping[str, Any]) -> str:
     return str((vm.get("tags") or {}).get(CREATED_AT_TAG) or datetime.now(UTC).isoformat())
-
-
-def _is_gone(vm: Mapping[str, Any]) -> bool:
-    state = str(_get(vm, "properties", "provisioningState") or "").lower()
-    if state in _GONE_STATES:
-        return True
-    statuses = _get(vm, "properties", "instanceView", "statuses") or []
-    return any(isinstance(s, Mapping) and s.get("code") in _GONE_POWER_STATES for s in statuses)
 
 
 def _default_credential(config: AzureConfig) -> AsyncTokenCredential:

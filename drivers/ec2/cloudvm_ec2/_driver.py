@@ -78,7 +78,9 @@ _MAX_TAGS = 50  # per EC2 resource
 # (EC2 refuses to launch or tag otherwise when InstanceMetadataTags is on).
 _IMDS_TAG_KEY = re.compile(r"^[A-Za-z0-9+\-=.,_:@]+$")
 _IMDS_FORBIDDEN_KEYS = frozenset({".", "..", "_index"})
-_GONE_STATES = frozenset({"shutting-down", "terminated"})
+# Terminated instances stay visible for a while but are gone for good;
+# shutting-down ones still exist, and the contract lists them.
+_GONE_STATES = frozenset({"terminated"})
 _GONE_CODES = frozenset({"InvalidInstanceID.NotFound"})
 # EC2 filter values treat these as wildcards unless escaped with a backslash.
 _FILTER_SPECIALS = re.compile(r"([\\*?])")
@@ -445,8 +447,9 @@ class EC2InstanceSet(InstanceSetBase):
     async def instances(self, tags: InstanceTags | None = None) -> list[Instance]:
         """Every instance of this set carrying all of ``tags``, found with
         server-side ``tag:`` filters over every page of DescribeInstances (a
-        missing or empty NextToken ends it). Instances shutting down or
-        terminated are left out: on EC2 they are gone for good. When spot
+        missing or empty NextToken ends it). Instances shutting down are
+        included (they exist until EC2 is done with them); terminated ones are
+        left out: on EC2 they are gone for good. When spot
         instances are listed and their prices are older than
         ``spot_price_update_interval``, their price history is refreshed.
 

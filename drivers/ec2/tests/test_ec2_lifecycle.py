@@ -11,7 +11,9 @@ import asyncssh
 import pytest
 from cloudvm_ec2 import EC2Instance, EC2InstanceSet, aws_fingerprints
 from ec2_proxy import EC2FaultProxy
-from ec2_support import MakeSet, World, boto_client, ec2_config, itype
+from ec2_support import REGION, MakeSet, World, boto_client, ec2_config, itype
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
 
 import cloudvm
 from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG
@@ -311,15 +313,22 @@ async def test_listing_reads_every_page(
     assert all(p.params.get("NextToken") for p in pages[1:])
 
 
-async def test_shutting_down_and_terminated_instances_are_left_out(
+async def test_shutting_down_instances_are_listed_and_terminated_ones_left_out(
     make_set: MakeSet, world: World
 ) -> None:
     instance_set = await make_set()
     image = cloudvm.ImageID(world.image_id)
     keep = await instance_set.create(itype(), image, {}, cloudvm.InitCommand(""), None)
+    leaving = await instance_set.create(itype(), image, {}, cloudvm.InitCommand(""), None)
     gone = await instance_set.create(itype(), image, {}, cloudvm.InitCommand(""), None)
     world.ec2.terminate_instances(InstanceIds=[gone.id])
-    assert [i.id for i in await instance_set.instances()] == [keep.id]
+    # moto jumps straight to "terminated"; EC2 passes through "shutting-down",
+    # during which the instance still exists and must be listed.
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
+    backend.get_instance(leaving.id)._state.name = "shutting-down"
+    listed = {i.id for i in await instance_set.instances()}
+    assert listed == {keep.id, leaving.id}
+    backend.get_instance(leaving.id)._state.name = "running"
 
 
 async def test_public_address_mode(make_set: MakeSet, world: World) -> None:

@@ -60,7 +60,6 @@ __all__ = ["DRIVER", "GCEInstance", "GCEInstanceSet"]
 
 _DONE = compute_v1.Operation.Status.DONE
 # Listed instances in these states are on their way out and are left out.
-_GONE_STATES = frozenset({"STOPPING", "TERMINATED"})
 _LOCAL_SSD_BYTES = 375 * 2**30  # one GCE local SSD partition
 _GIB = 2**30
 # How long one zoneOperations.wait call may take: the API holds it up to 2 min.
@@ -517,10 +516,11 @@ class GCEInstanceSet(InstanceSetBase):
 
     async def instances(self, tags: InstanceTags | None = None) -> list[Instance]:
         """Every instance of this set carrying all of ``tags``, in every
-        configured zone, booting ones included (STOPPING and TERMINATED ones
-        left out). Filters server-side on the derived labels, follows every
-        ``nextPageToken``, then checks the exact tags and the set id from the
-        metadata. Raises RateLimitError when throttled."""
+        configured zone, in whatever state: booting, stopping and stopped
+        (TERMINATED) instances still exist and may still cost money, so a
+        caller must see them until they are deleted. Filters server-side on
+        the derived labels, follows every ``nextPageToken``, then checks the
+        exact tags and the set id from the metadata. Raises RateLimitError when throttled."""
         self._check_open()
         wanted = validate_tags(tags or {})
         flt = label_filter(self._id, wanted)
@@ -566,7 +566,7 @@ class GCEInstanceSet(InstanceSetBase):
     def _from_listing(
         self, zone: str, raw: compute_v1.Instance, wanted: InstanceTags
     ) -> GCEInstance | None:
-        if raw.status in _GONE_STATES or _item(raw.metadata, SET_ID_TAG) != self._id:
+        if _item(raw.metadata, SET_ID_TAG) != self._id:
             return None
         itags = decode_tags(_item(raw.metadata, TAGS_ITEM))
         if itags is None or any(itags.get(k) != v for k, v in wanted.items()):

@@ -151,13 +151,13 @@ async def test_listing_follows_every_page_in_every_zone(fake_gce: FakeCompute) -
             await inst.destroy()
 
 
-async def test_listing_leaves_out_stopping_instances(
+async def test_listing_includes_stopping_and_stopped_instances(
     gce_set: cloudvm.InstanceSet, fake_gce: FakeCompute
 ) -> None:
     inst = await gce_set.create(ITYPE, IMAGE, {}, InitCommand(""), None)
-    fake_gce.instances[(ZONES[0], inst.id)]["status"] = "STOPPING"
-    assert await gce_set.instances() == []
-    fake_gce.instances[(ZONES[0], inst.id)]["status"] = "RUNNING"
+    for status in ("STOPPING", "TERMINATED"):
+        fake_gce.instances[(ZONES[0], inst.id)]["status"] = status
+        assert [i.id for i in await gce_set.instances()] == [inst.id]
     await inst.destroy()
 
 
