@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from blockbuster import blockbuster_ctx
 
 from cloudvm.testing import SSHTestServer
 
@@ -30,6 +31,18 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("AWS_", "GOOGLE_", "AZURE_", "CLOUDSDK_")) or name == "SSH_AUTH_SOCK":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_on_the_loop() -> Iterator[None]:
+    """Any blocking call (file, socket, sleep) made by cloudvm's own code on the
+    event loop fails the test; worker threads may block."""
+    with blockbuster_ctx("cloudvm") as bb:
+        # Finding a driver reads installed package metadata, like an import
+        # does: load_driver is synchronous by contract.
+        for function in bb.functions.values():
+            function.can_block_in("cloudvm/_drivers.py", {"load_driver", "available_drivers"})
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
 import anyio
+import anyio.to_thread
 import asyncssh
 
 from .._http_server import HTTPHandler
@@ -69,7 +71,9 @@ class SSHTestServer:
         return Path(self._workdir.name)
 
     async def start(self) -> Self:
-        self._workdir = tempfile.TemporaryDirectory(prefix="cloudvm-sshtest-")
+        self._workdir = await anyio.to_thread.run_sync(
+            functools.partial(tempfile.TemporaryDirectory, prefix="cloudvm-sshtest-")
+        )
         self._runner = ShellRunner(Path(self._workdir.name))
         runner = self._runner
 
@@ -125,7 +129,7 @@ class SSHTestServer:
                 conn.close()
                 await conn.wait_closed()
         if self._workdir is not None:
-            self._workdir.cleanup()
+            await anyio.to_thread.run_sync(self._workdir.cleanup)
             self._workdir = None
 
     async def __aenter__(self) -> Self:
