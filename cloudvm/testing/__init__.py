@@ -3,6 +3,10 @@
 :class:`SSHTestServer` is a real in-process SSH server that records commands
 and serves a metadata service through its own connections;
 :class:`IMDSv2Service` is EC2's metadata protocol as an HTTP handler for it.
+:class:`RedirectedTarget` is an instance's identity reached at another address
+(such a server's). :class:`HostedDriver` wraps a driver tested against a local
+stand-in for its cloud so that each instance it creates runs on such a server
+(its cloud-specific part, a :class:`HostBoot`, comes from a callback).
 
 :class:`FakeCloud` is an in-memory, fault-injecting cloud (rate limits, quotas,
 capacity shortages, lost responses, eventual consistency, failure rates,
@@ -36,7 +40,11 @@ from ._fake_config import OperationRates as OperationRates
 from ._fake_config import QuotaLimit as QuotaLimit
 from ._fake_config import RateLimits as RateLimits
 from ._fake_config import TokenBucket as TokenBucket
+from ._hosted import HostBoot as HostBoot
+from ._hosted import HostedDriver as HostedDriver
+from ._hosted import HostedInstance as HostedInstance
 from ._ssh_server import SSHTestServer as SSHTestServer
+from ._targets import RedirectedTarget as RedirectedTarget
 
 __all__ = [
     "FAKE_DRIVER",
@@ -50,6 +58,9 @@ __all__ = [
     "HTTPHandler",
     "HTTPRequest",
     "HTTPResponse",
+    "HostBoot",
+    "HostedDriver",
+    "HostedInstance",
     "IMDSv2Service",
     "InjectedError",
     "LostResponseError",
@@ -59,6 +70,7 @@ __all__ = [
     "OperationRates",
     "QuotaLimit",
     "RateLimits",
+    "RedirectedTarget",
     "SSHTestServer",
     "SystemClock",
     "TokenBucket",

@@ -16,7 +16,7 @@ from cloudvm import (
     InstanceSet,
     SSHExecutor,
 )
-from cloudvm.testing import FAKE_DRIVER, FakeCloud, FakeInstanceSet
+from cloudvm.testing import FAKE_DRIVER, FakeCloud, FakeInstanceSet, RedirectedTarget
 
 from ._util import IMAGE, LOG, SET_A, SMALL
 
@@ -36,30 +36,6 @@ async def create_reachable(
     instance_set: InstanceSet, key: asyncssh.SSHKey, init: str = ""
 ) -> Instance:
     return await instance_set.create(SMALL, IMAGE, {"k": "v"}, InitCommand(init), key)
-
-
-class Misdirected:
-    """Claims to be ``claimed`` while its address leads to another host."""
-
-    def __init__(self, claimed: Instance, address: str) -> None:
-        self._claimed = claimed
-        self._address = address
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def remote_user(self) -> str:
-        return self._claimed.remote_user
-
-    async def verify_host_key(
-        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
-    ) -> None:
-        await self._claimed.verify_host_key(key, conn)
-
-    def __str__(self) -> str:
-        return f"misdirected {self._claimed}"
 
 
 async def test_executor_verifies_the_host_through_metadata_and_runs(
@@ -82,7 +58,7 @@ async def test_executor_aimed_at_a_with_b_address_runs_nothing(
     instance_set = await ssh_cloud.instance_set(SET_A)
     a = await create_reachable(instance_set, client_key)
     b = await create_reachable(instance_set, client_key)
-    target: ExecutorTarget = Misdirected(a, b.address)
+    target: ExecutorTarget = RedirectedTarget(a, b.address)
     async with SSHExecutor(target, signers=[client_key]) as executor:
         with pytest.raises(HostKeyError):
             await executor.execute("touch pwned")

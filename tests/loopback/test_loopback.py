@@ -14,6 +14,7 @@ import prometheus_client
 import pytest
 
 import cloudvm
+from cloudvm.testing import RedirectedTarget
 
 from ..support import processes_mentioning, wait_until
 from .conftest import SMALL, booted, new_set
@@ -82,26 +83,12 @@ async def test_host_key_is_proven_through_the_metadata_tunnel(
     await inst.destroy()
 
 
-class _Pointing:
-    """Instance A's record (id, secret), but instance B's address."""
-
-    def __init__(self, record: cloudvm.Instance, address: str) -> None:
-        self._record = record
-        self.address = address
-        self.remote_user = record.remote_user
-
-    async def verify_host_key(
-        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
-    ) -> None:
-        await self._record.verify_host_key(key, conn)
-
-
 async def test_another_instance_cannot_pass_as_this_one(
     iset: cloudvm.InstanceSet, client_key: asyncssh.SSHKey, state_dir: Path
 ) -> None:
     a = await create(iset, client_key)
     b = await booted(iset, (await create(iset, client_key)).id)
-    target = _Pointing(a, b.address)
+    target = RedirectedTarget(a, b.address)
     async with cloudvm.SSHExecutor(target, signers=[client_key]) as ex:
         with pytest.raises(cloudvm.HostKeyError, match="another instance"):
             await ex.execute("touch ran-here")

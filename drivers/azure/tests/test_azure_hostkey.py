@@ -12,32 +12,11 @@ from test_azure_lifecycle import IMAGE, SMALL, assert_nothing_left
 import cloudvm
 from cloudvm import HostKeyError, InitCommand, Instance
 from cloudvm.driverkit import SECRET_TAG
-from cloudvm.testing import HTTPRequest, SSHTestServer
-
-
-class _At:
-    """An instance's identity at the test server's address."""
-
-    def __init__(self, instance: Instance, address: str) -> None:
-        self._instance = instance
-        self._address = address
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def remote_user(self) -> str:
-        return self._instance.remote_user
-
-    async def verify_host_key(
-        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
-    ) -> None:
-        await self._instance.verify_host_key(key, conn)
+from cloudvm.testing import HTTPRequest, RedirectedTarget, SSHTestServer
 
 
 async def _run_true(server: SSHTestServer, instance: Instance, key: asyncssh.SSHKey) -> None:
-    executor = cloudvm.SSHExecutor(_At(instance, server.address), signers=[key])
+    executor = cloudvm.SSHExecutor(RedirectedTarget(instance, server.address), signers=[key])
     try:
         await executor.execute("true")
     finally:

@@ -224,3 +224,44 @@ async def test_the_conformance_sequence_at_api_level(
     await listed.destroy()
     assert await iset.instances() == []
     assert_nothing_left(arm)
+
+
+def _power_state(arm: FakeARM, name: str, power: str) -> None:
+    """Give a stored VM the instance view Azure reports for ``power``
+    (``PowerState/stopped``, ``PowerState/deallocated``, ...)."""
+    vm = arm.get(VM, name)
+    assert vm is not None
+    vm["properties"]["instanceView"] = {
+        "statuses": [
+            {"code": "ProvisioningState/succeeded", "level": "Info"},
+            {"code": power, "level": "Info"},
+        ]
+    }
+
+
+async def test_instances_lists_vms_being_deleted_stopped_or_deallocated(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    deleting = await iset.create(SMALL, IMAGE, {"state": "deleting"}, InitCommand(""), None)
+    stopped = await iset.create(SMALL, IMAGE, {"state": "stopped"}, InitCommand(""), None)
+    deallocated = await iset.create(SMALL, IMAGE, {"state": "deallocated"}, InitCommand(""), None)
+    being_deleted = arm.get(VM, deleting.id)
+    assert being_deleted is not None
+    being_deleted["properties"]["provisioningState"] = "Deleting"
+    _power_state(arm, deleting.id, "PowerState/stopping")
+    _power_state(arm, stopped.id, "PowerState/stopped")
+    _power_state(arm, deallocated.id, "PowerState/deallocated")
+
+    # They all still exist (and may still cost money): every one is listed,
+    # with its tags, and found by them.
+    listed = {i.id: i for i in await iset.instances()}
+    assert set(listed) == {deleting.id, stopped.id, deallocated.id}
+    for instance in (deleting, stopped, deallocated):
+        assert listed[instance.id].tags == instance.tags
+        (found,) = await iset.instances(instance.tags)
+        assert found.id == instance.id
+
+    for instance in listed.values():
+        await instance.destroy()
+    assert await iset.instances() == []
+    assert_nothing_left(arm)

@@ -11,7 +11,7 @@ import anyio
 import asyncssh
 import pytest
 from cloudvm_ec2 import EC2Instance
-from ec2_hosts import Hosts, hosted_driver
+from ec2_hosts import hosted_driver
 from ec2_proxy import EC2FaultProxy
 from ec2_support import MakeSet, World, ec2_config, eventually, itype
 
@@ -20,11 +20,10 @@ import cloudvm
 
 async def test_conformance_kit_passes(world: World, proxy: EC2FaultProxy) -> None:
     conformance = pytest.importorskip("cloudvm.testing.conformance")
-    hosts = Hosts(world.url)
-    try:
+    async with hosted_driver(world.url) as driver:
         report = await conformance.run_conformance(
             conformance.ConformanceConfig(
-                driver=hosted_driver(hosts),
+                driver=driver,
                 config=ec2_config(world, proxy.url, subnet_ids=world.subnet_ids),
                 image_id=cloudvm.ImageID(world.image_id),
                 instance_type=itype("t3.small"),
@@ -38,8 +37,6 @@ async def test_conformance_kit_passes(world: World, proxy: EC2FaultProxy) -> Non
                 ssh_connect_timeout=10,
             )
         )
-    finally:
-        await hosts.aclose()
     assert report.ok, str(report)
     # It really was EC2's API underneath.
     assert {"RunInstances", "DescribeInstances", "CreateTags", "TerminateInstances"} <= set(

@@ -17,28 +17,13 @@ from ec2_support import MakeSet, World, itype
 
 import cloudvm
 from cloudvm.driverkit import SECRET_TAG, metadata_client
-from cloudvm.testing import HTTPRequest, HTTPResponse, IMDSv2Service, SSHTestServer
-
-
-class AtAddress:
-    """An ExecutorTarget: the driver's instance, reached at the test server."""
-
-    def __init__(self, instance: cloudvm.Instance, address: str) -> None:
-        self._instance = instance
-        self._address = address
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def remote_user(self) -> str:
-        return self._instance.remote_user
-
-    async def verify_host_key(
-        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
-    ) -> None:
-        await self._instance.verify_host_key(key, conn)
+from cloudvm.testing import (
+    HTTPRequest,
+    HTTPResponse,
+    IMDSv2Service,
+    RedirectedTarget,
+    SSHTestServer,
+)
 
 
 @contextlib.asynccontextmanager
@@ -86,7 +71,9 @@ async def test_the_right_secret_passes_and_commands_run(
 
     async with (
         SSHTestServer(authorized_keys=[client_key], metadata=recording) as server,
-        cloudvm.SSHExecutor(AtAddress(instance, server.address), signers=[client_key]) as executor,
+        cloudvm.SSHExecutor(
+            RedirectedTarget(instance, server.address), signers=[client_key]
+        ) as executor,
     ):
         assert await executor.execute("echo ok") == (b"ok\n", b"")
     assert server.commands == ["echo ok"]
@@ -109,7 +96,9 @@ async def test_a_wrong_secret_fails_and_no_command_runs(
     imds = IMDSv2Service(instance.id, lambda: {**real(), SECRET_TAG: "not-the-secret"})
     async with (
         SSHTestServer(authorized_keys=[client_key], metadata=imds) as server,
-        cloudvm.SSHExecutor(AtAddress(instance, server.address), signers=[client_key]) as executor,
+        cloudvm.SSHExecutor(
+            RedirectedTarget(instance, server.address), signers=[client_key]
+        ) as executor,
     ):
         with pytest.raises(cloudvm.HostKeyError):
             await executor.execute("echo ok")
@@ -126,7 +115,9 @@ async def test_another_instance_fails(
     imds = IMDSv2Service(other.id, tags_from_moto(other.id))
     async with (
         SSHTestServer(authorized_keys=[client_key], metadata=imds) as server,
-        cloudvm.SSHExecutor(AtAddress(ours, server.address), signers=[client_key]) as executor,
+        cloudvm.SSHExecutor(
+            RedirectedTarget(ours, server.address), signers=[client_key]
+        ) as executor,
     ):
         with pytest.raises(cloudvm.HostKeyError, match="another instance"):
             await executor.execute("echo ok")
@@ -157,14 +148,18 @@ async def test_user_data_secret_mode(
     imds = IMDSv2Service(instance.id, dict, user_data=user_data)
     async with (
         SSHTestServer(authorized_keys=[client_key], metadata=imds) as server,
-        cloudvm.SSHExecutor(AtAddress(instance, server.address), signers=[client_key]) as executor,
+        cloudvm.SSHExecutor(
+            RedirectedTarget(instance, server.address), signers=[client_key]
+        ) as executor,
     ):
         assert await executor.execute("echo ok") == (b"ok\n", b"")
 
     forged = IMDSv2Service(instance.id, dict, user_data=b"#!/bin/sh\n# cloudvm-secret: x\n")
     async with (
         SSHTestServer(authorized_keys=[client_key], metadata=forged) as server,
-        cloudvm.SSHExecutor(AtAddress(instance, server.address), signers=[client_key]) as executor,
+        cloudvm.SSHExecutor(
+            RedirectedTarget(instance, server.address), signers=[client_key]
+        ) as executor,
     ):
         with pytest.raises(cloudvm.HostKeyError):
             await executor.execute("echo ok")

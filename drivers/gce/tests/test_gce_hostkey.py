@@ -10,30 +10,9 @@ from gce_helpers import IMAGE, ITYPE
 import cloudvm
 from cloudvm import InitCommand
 from cloudvm.driverkit import SECRET_TAG
-from cloudvm.testing import HTTPRequest, SSHTestServer
+from cloudvm.testing import HTTPRequest, RedirectedTarget, SSHTestServer
 
 SECRET_PATH = f"/computeMetadata/v1/instance/attributes/{SECRET_TAG}"
-
-
-class _At:
-    """An instance as reached at the test SSH server's address."""
-
-    def __init__(self, inst: cloudvm.Instance, address: str) -> None:
-        self._inst = inst
-        self._address = address
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def remote_user(self) -> str:
-        return self._inst.remote_user
-
-    async def verify_host_key(
-        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
-    ) -> None:
-        await self._inst.verify_host_key(key, conn)
 
 
 def _publish(fake: FakeCompute, name: str, key: asyncssh.SSHKey) -> None:
@@ -42,7 +21,7 @@ def _publish(fake: FakeCompute, name: str, key: asyncssh.SSHKey) -> None:
 
 
 async def _run_true(inst: cloudvm.Instance, server: SSHTestServer, key: asyncssh.SSHKey) -> None:
-    executor = cloudvm.SSHExecutor(_At(inst, server.address), signers=[key])
+    executor = cloudvm.SSHExecutor(RedirectedTarget(inst, server.address), signers=[key])
     try:
         await executor.execute("true")
     finally:
