@@ -9,6 +9,7 @@ import pytest
 from cloudvm import RateLimitError
 from cloudvm.testing import CallRecord, FakeCloud, InjectedError, ManualClock
 
+from ..support import wait_until
 from ._util import SET_A, SMALL, create, manual_cloud
 
 
@@ -30,7 +31,7 @@ async def test_call_log_records_operation_arguments_times_and_outcome() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(retag)
-        await anyio.wait_all_tasks_blocked()
+        await wait_until(lambda: clock.sleepers == 1)
         clock.advance(0.5)
     await instance.destroy()
 

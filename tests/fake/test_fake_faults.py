@@ -10,6 +10,7 @@ import pytest
 from cloudvm import CloudError
 from cloudvm.testing import InjectedError, LostResponseError
 
+from ..support import wait_until
 from ._util import SET_A, create, fake, ids, manual_cloud
 
 
@@ -121,7 +122,7 @@ async def test_latency_holds_the_answer_and_cancelling_it_keeps_the_instance() -
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(create_one)
-        await anyio.wait_all_tasks_blocked()
+        await wait_until(lambda: clock.sleepers == 1)
         assert clock.sleepers == 1
         (created,) = cloud.instance_ids()  # the cloud acted; the answer travels
         assert finished == []
@@ -131,7 +132,7 @@ async def test_latency_holds_the_answer_and_cancelling_it_keeps_the_instance() -
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(create_one)
-            await anyio.wait_all_tasks_blocked()
+            await wait_until(lambda: clock.sleepers == 1)
             scope.cancel()
     assert len(cloud.instance_ids()) == 2  # cancelled, yet created and tagged
     assert cloud.calls[-1].outcome == "cancelled"
