@@ -9,7 +9,7 @@ import anyio
 import cloudvm_azure
 import pytest
 from azure_fake_arm import DISK, NIC, VM, FakeARM
-from conftest import SET_ID, FakeCredential, make_config, wait_until
+from azure_support import SET_ID, FakeCredential, make_config, wait_until
 from test_azure_lifecycle import IMAGE, SMALL, assert_nothing_left
 
 from cloudvm import InitCommand, InstanceType

@@ -8,7 +8,7 @@ import logging
 import cloudvm_azure
 import pytest
 from azure_fake_arm import VM, FakeARM
-from conftest import SET_ID, FakeCredential, make_config
+from azure_support import SET_ID, FakeCredential, make_config
 from test_azure_lifecycle import IMAGE, SMALL, assert_nothing_left
 
 import cloudvm

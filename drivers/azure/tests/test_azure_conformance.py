@@ -15,7 +15,7 @@ import asyncssh
 import cloudvm_azure
 from azure_fake_arm import VM, FakeARM
 from azure_imds import AzureIMDS
-from conftest import FakeCredential, make_config
+from azure_support import FakeCredential, make_config
 from test_azure_lifecycle import IMAGE, SMALL, assert_nothing_left
 
 import cloudvm

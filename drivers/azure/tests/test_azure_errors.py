@@ -10,7 +10,7 @@ import cloudvm_azure
 import prometheus_client
 import pytest
 from azure_fake_arm import DISK, NIC, VM, FakeARM
-from conftest import SET_ID, FakeCredential, make_config
+from azure_support import SET_ID, FakeCredential, make_config
 from test_azure_lifecycle import IMAGE, SMALL, assert_nothing_left
 
 from cloudvm import CapacityError, CloudError, InitCommand, QuotaError, RateLimitError

@@ -7,7 +7,7 @@ import base64
 import asyncssh
 import cloudvm_azure
 from azure_fake_arm import DISK, NIC, VM, FakeARM
-from conftest import GROUP, SET_ID, SUBSCRIPTION
+from azure_support import GROUP, SET_ID, SUBSCRIPTION
 
 import cloudvm
 from cloudvm import ImageID, InitCommand, InstanceType

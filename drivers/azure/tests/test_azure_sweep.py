@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import cloudvm_azure
 from azure_fake_arm import DISK, NIC, FakeARM
-from conftest import GROUP, SET_ID, SUBSCRIPTION, FakeCredential, make_config, wait_until
+from azure_support import GROUP, SET_ID, SUBSCRIPTION, FakeCredential, make_config, wait_until
 
 from cloudvm.driverkit import SET_ID_TAG
 
