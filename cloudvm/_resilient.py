@@ -51,13 +51,12 @@ import anyio
 import asyncssh
 
 from ._base import InstanceSetBase
+from ._delegating import DelegatingInstance
 from ._errors import CapacityError, CloudError, QuotaError, RateLimitError
 from ._protocols import Instance, InstanceSet
 from ._types import (
     ImageID,
     InitCommand,
-    InstanceID,
-    InstancePrice,
     InstanceQuotaGroup,
     InstanceTags,
     InstanceType,
@@ -645,7 +644,7 @@ def _type_shortage(itype: InstanceType) -> tuple[_ShortageKey, str]:
     return ("type", itype.provider_type, itype.preemptible), scope
 
 
-class ResilientInstance:
+class ResilientInstance(DelegatingInstance):
     """An instance returned by a :class:`ResilientInstanceSet`.
 
     ``set_tags`` and ``destroy`` go through the wrapper's "other" hold-off and
@@ -655,33 +654,8 @@ class ResilientInstance:
     """
 
     def __init__(self, owner: ResilientInstanceSet, wrapped: Instance) -> None:
+        super().__init__(wrapped)
         self._owner = owner
-        self._wrapped = wrapped
-
-    @property
-    def wrapped(self) -> Instance:
-        """The wrapped set's instance."""
-        return self._wrapped
-
-    @property
-    def id(self) -> InstanceID:
-        return self._wrapped.id
-
-    @property
-    def provider_type(self) -> str:
-        return self._wrapped.provider_type
-
-    @property
-    def tags(self) -> InstanceTags:
-        return self._wrapped.tags
-
-    @property
-    def address(self) -> str:
-        return self._wrapped.address
-
-    @property
-    def remote_user(self) -> str:
-        return self._wrapped.remote_user
 
     async def set_tags(self, tags: InstanceTags) -> None:
         """The wrapped instance's ``set_tags``, after any "other" hold-off.
@@ -691,9 +665,6 @@ class ResilientInstance:
         """
         self._owner._check_open()
         await self._owner._call("other", lambda: self._wrapped.set_tags(tags))
-
-    def price_history(self, itype: InstanceType) -> list[InstancePrice]:
-        return self._wrapped.price_history(itype)
 
     async def destroy(self) -> None:
         """The wrapped instance's ``destroy``, after any "other" hold-off. On
@@ -705,25 +676,6 @@ class ResilientInstance:
         self._owner._check_open()
         await self._owner._call("other", self._wrapped.destroy)
         self._owner._note_destroyed()
-
-    async def verify_host_key(
-        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
-    ) -> None:
-        """The wrapped instance's ``verify_host_key``, unchanged."""
-        await self._wrapped.verify_host_key(key, conn)
-
-    def __getattr__(self, name: str) -> Any:
-        # Driver-specific extras. Private names are never forwarded, which also
-        # keeps a half-built object from recursing here.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._wrapped, name)
-
-    def __str__(self) -> str:
-        return str(self._wrapped)
-
-    def __repr__(self) -> str:
-        return f"<ResilientInstance {self._wrapped!r}>"
 
 
 def resilient(

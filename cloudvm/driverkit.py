@@ -10,6 +10,7 @@ optional prometheus metrics.
 import contextlib
 
 from ._base import InstanceSetBase as InstanceSetBase
+from ._delegating import DelegatingInstance as DelegatingInstance
 from ._drivers import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from ._executor import split_address as split_address
 from ._metadata import IMDSV2_TOKEN_TTL as IMDSV2_TOKEN_TTL
@@ -41,6 +42,7 @@ __all__ = [
     "SECRET_TAG",
     "SET_ID_TAG",
     "CallMetrics",
+    "DelegatingInstance",
     "InstanceSetBase",
     "SSHTunnelTransport",
     "check_secret",

@@ -18,6 +18,7 @@ import anyio
 import asyncssh
 
 from .._base import InstanceSetBase
+from .._delegating import DelegatingInstance
 from .._drivers import load_driver
 from .._http_server import HTTPHandler
 from .._protocols import Driver, Instance, InstanceSet
@@ -25,7 +26,6 @@ from .._types import (
     ImageID,
     InitCommand,
     InstanceID,
-    InstancePrice,
     InstanceQuotaGroup,
     InstanceSetID,
     InstanceTags,
@@ -193,7 +193,7 @@ class HostedDriver:
         await self.aclose()
 
 
-class HostedInstance:
+class HostedInstance(DelegatingInstance):
     """The wrapped driver's instance, reached at its host.
 
     ``address`` is the host's (``""`` without one, or once destroyed);
@@ -202,54 +202,24 @@ class HostedInstance:
     """
 
     def __init__(self, instance: Instance, hosted: HostedDriver) -> None:
-        self._instance = instance
+        super().__init__(instance)
         self._hosted = hosted
 
     @property
     def instance(self) -> Instance:
-        """The wrapped driver's own instance object."""
-        return self._instance
-
-    @property
-    def id(self) -> InstanceID:
-        return self._instance.id
-
-    @property
-    def provider_type(self) -> str:
-        return self._instance.provider_type
-
-    @property
-    def tags(self) -> InstanceTags:
-        return self._instance.tags
+        """The wrapped driver's own instance object (the same as :attr:`wrapped`)."""
+        return self._wrapped
 
     @property
     def address(self) -> str:
-        return self._hosted._address(self._instance.id)
-
-    @property
-    def remote_user(self) -> str:
-        return self._instance.remote_user
-
-    async def verify_host_key(
-        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
-    ) -> None:
-        await self._instance.verify_host_key(key, conn)
-
-    async def set_tags(self, tags: InstanceTags) -> None:
-        await self._instance.set_tags(tags)
-
-    def price_history(self, itype: InstanceType) -> list[InstancePrice]:
-        return self._instance.price_history(itype)
+        return self._hosted._address(self._wrapped.id)
 
     async def destroy(self) -> None:
-        await self._instance.destroy()
-        await self._hosted._halt(self._instance.id)
-
-    def __str__(self) -> str:
-        return str(self._instance)
+        await self._wrapped.destroy()
+        await self._hosted._halt(self._wrapped.id)
 
     def __repr__(self) -> str:
-        return f"<HostedInstance {self._instance!r} address={self.address!r}>"
+        return f"<HostedInstance {self._wrapped!r} address={self.address!r}>"
 
 
 class _HostedSet(InstanceSetBase):

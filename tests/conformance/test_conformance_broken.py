@@ -21,8 +21,6 @@ from cloudvm import (
     ImageID,
     InitCommand,
     Instance,
-    InstanceID,
-    InstancePrice,
     InstanceQuotaGroup,
     InstanceSet,
     InstanceSetID,
@@ -30,7 +28,13 @@ from cloudvm import (
     InstanceType,
     SharedResourceTags,
 )
-from cloudvm.driverkit import SET_ID_TAG, InstanceSetBase, validate_init_command, validate_tags
+from cloudvm.driverkit import (
+    SET_ID_TAG,
+    DelegatingInstance,
+    InstanceSetBase,
+    validate_init_command,
+    validate_tags,
+)
 from cloudvm.testing import FakeCloud
 from cloudvm.testing.conformance import (
     STEP_CANCELLATION,
@@ -49,43 +53,18 @@ if TYPE_CHECKING:
     import prometheus_client
 
 
-class BrokenInstance:
+class BrokenInstance(DelegatingInstance):
     """Delegates to a real instance, except where a flaw says otherwise."""
 
     def __init__(self, inner: Instance, instance_set: BrokenSet) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._set = instance_set
-
-    @property
-    def id(self) -> InstanceID:
-        return self._inner.id
-
-    @property
-    def provider_type(self) -> str:
-        return self._inner.provider_type
-
-    @property
-    def address(self) -> str:
-        return self._inner.address
-
-    @property
-    def remote_user(self) -> str:
-        return self._inner.remote_user
 
     @property
     def tags(self) -> InstanceTags:
         if self._set.flaw == "leaky-tags":  # shows the driver's own bookkeeping tag
-            return {**self._inner.tags, SET_ID_TAG: self._set.set_id}
-        return self._inner.tags
-
-    async def set_tags(self, tags: InstanceTags) -> None:
-        await self._inner.set_tags(tags)
-
-    def price_history(self, itype: InstanceType) -> list[InstancePrice]:
-        return self._inner.price_history(itype)
-
-    async def destroy(self) -> None:
-        await self._inner.destroy()
+            return {**self._wrapped.tags, SET_ID_TAG: self._set.set_id}
+        return self._wrapped.tags
 
     async def verify_host_key(
         self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
@@ -96,10 +75,7 @@ class BrokenInstance:
             if conn is None:
                 raise NotImplementedError("needs a connection")
             return None  # never asks the host to prove anything
-        await self._inner.verify_host_key(key, conn)
-
-    def __str__(self) -> str:
-        return str(self._inner)
+        await self._wrapped.verify_host_key(key, conn)
 
 
 class BrokenSet(InstanceSetBase):
