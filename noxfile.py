@@ -82,3 +82,28 @@ def demo(session: nox.Session) -> None:
     """The quickstart on the loopback cloud."""
     session.install(".")
     session.run("python", "examples/quickstart.py")
+
+
+# What the bench needs beyond cloudvm; each may fail to install, and the case
+# that needs it then says so instead of the whole session failing.
+_BENCH_OPTIONAL = ("parallel-ssh", "matplotlib", "pyinstrument")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side (benchmarks/run.py): command latency, SSH fan-out,
+    cloud-call overhead, throughput under throttling, memory. Arguments after
+    ``--`` go to run.py (``nox -s bench -- --quick`` for a smoke run)."""
+    ec2 = ROOT / "drivers" / "ec2"
+    editables = ["-e", "."]
+    if (ec2 / "pyproject.toml").exists():
+        # One pip run, so that the driver's "cloudvm" requirement resolves to this tree.
+        editables += ["-e", str(ec2.relative_to(ROOT)), "moto[server]>=5.0"]
+    session.install(*editables)
+    for package in _BENCH_OPTIONAL:
+        try:
+            session.install(package)
+        except nox.command.CommandFailed:
+            session.warn(f"{package} could not be installed: the cases that need it will skip")
+    _ensure_sshd(session)
+    session.run("python", "benchmarks/run.py", *session.posargs)

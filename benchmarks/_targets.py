@@ -1,0 +1,59 @@
+"""Small ExecutorTargets for the bench: a known host key, or the metadata tunnel."""
+
+from __future__ import annotations
+
+import asyncssh
+import httpx
+
+import cloudvm
+from cloudvm.driverkit import SECRET_TAG, check_secret, imdsv2_get, metadata_client
+
+__all__ = ["KnownKeyTarget", "MetadataTarget"]
+
+
+class KnownKeyTarget:
+    """Accepts exactly the host key it was given (the latency case's sshd)."""
+
+    def __init__(self, address: str, user: str, key: asyncssh.SSHKey) -> None:
+        self.address = address
+        self.remote_user = user
+        self._key = key.public_data
+
+    async def verify_host_key(
+        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
+    ) -> None:
+        if key.public_data != self._key:
+            raise cloudvm.HostKeyError(f"{self.address}: not the expected host key")
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class MetadataTarget:
+    """Proves the host as the loopback and fake drivers do: through the SSH
+    connection, ask the metadata service (IMDSv2) for the instance id and the
+    secret tag, and compare them with what "create" recorded."""
+
+    def __init__(self, address: str, user: str, instance_id: str, secret: str) -> None:
+        self.address = address
+        self.remote_user = user
+        self._instance_id = instance_id
+        self._secret = secret
+
+    async def verify_host_key(
+        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
+    ) -> None:
+        if conn is None:
+            raise NotImplementedError("verified only through a live connection")
+        try:
+            async with metadata_client(conn) as client:
+                instance_id = await imdsv2_get(client, "/latest/meta-data/instance-id")
+                secret = await imdsv2_get(client, f"/latest/meta-data/tags/instance/{SECRET_TAG}")
+        except httpx.HTTPError as exc:
+            raise cloudvm.HostKeyError(f"{self}: cannot read the metadata service: {exc}") from exc
+        if instance_id.strip() != self._instance_id:
+            raise cloudvm.HostKeyError(f"{self}: the host is another instance")
+        check_secret(secret, self._secret)
+
+    def __str__(self) -> str:
+        return f"{self._instance_id}@{self.address}"
