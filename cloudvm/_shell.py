@@ -51,11 +51,14 @@ class ShellRunner:
         self.running.add(proc)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(_pump_stdin(session, proc))
+                feeder = tg.create_task(_pump_stdin(session, proc))
                 tg.create_task(_pump_out(proc.stdout, session.stdout))
                 tg.create_task(_pump_out(proc.stderr, session.stderr))
                 watcher = tg.create_task(_kill_when_closed(session, proc))
                 await proc.wait()
+                # As sshd does, the session ends when the command exits, whether
+                # or not the client ever closes its input; output still drains.
+                feeder.cancel()
                 watcher.cancel()
         except* (OSError, asyncssh.Error):
             pass  # the client went away; the command is killed below
