@@ -2,28 +2,82 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import asyncssh
 import httpx
 
-__all__ = ["IMDSV2_TOKEN_TTL", "imdsv2_get"]
+from ._errors import HostKeyError
+from ._tunnel import metadata_client
+from ._validate import SECRET_TAG, check_secret
+
+__all__ = [
+    "IMDSV2_SECRET_PATH",
+    "IMDSV2_TOKEN_TTL",
+    "imdsv2_get",
+    "imdsv2_token",
+    "verify_with_imdsv2",
+]
 
 IMDSV2_TOKEN_TTL = 21600  # seconds, the most EC2 allows
+#: Where EC2 (with InstanceMetadataTags) and the loopback cloud serve the secret.
+IMDSV2_SECRET_PATH = f"/latest/meta-data/tags/instance/{SECRET_TAG}"
 
 
-async def imdsv2_get(client: httpx.AsyncClient, path: str) -> str:
-    """GET ``path`` from an IMDSv2-style metadata service (EC2's, or the
-    loopback cloud's): first PUT ``/latest/api/token`` for a session token, then
-    GET with that token. Returns the body as text.
-
-    Raises:
-        httpx.HTTPStatusError: the service answered with an error status
-            (404 for a missing key).
-        httpx.HTTPError: the service could not be reached.
-    """
-    token = await client.put(
+async def imdsv2_token(client: httpx.AsyncClient) -> str:
+    """A session token from an IMDSv2-style metadata service
+    (``PUT /latest/api/token``). Raises httpx errors as :func:`imdsv2_get`."""
+    response = await client.put(
         "/latest/api/token",
         headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDSV2_TOKEN_TTL)},
     )
-    token.raise_for_status()
-    response = await client.get(path, headers={"X-aws-ec2-metadata-token": token.text})
     response.raise_for_status()
     return response.text
+
+
+async def imdsv2_get(client: httpx.AsyncClient, path: str, *, token: str | None = None) -> str:
+    """GET ``path`` from an IMDSv2-style metadata service (EC2's, or the
+    loopback cloud's) with ``token``, or with a fresh one from
+    :func:`imdsv2_token` when None. Returns the body as text.
+
+    Raises:
+        httpx.HTTPStatusError: the service answered with an error status
+            (404 for a missing key, 401 for a bad token).
+        httpx.HTTPError: the service could not be reached.
+    """
+    if token is None:
+        token = await imdsv2_token(client)
+    response = await client.get(path, headers={"X-aws-ec2-metadata-token": token})
+    response.raise_for_status()
+    return response.text
+
+
+async def verify_with_imdsv2(
+    conn: asyncssh.SSHClientConnection,
+    *,
+    instance_id: str,
+    secret: str,
+    secret_path: str = IMDSV2_SECRET_PATH,
+    extract: Callable[[str], str] | None = None,
+    timeout: float = 10.0,
+    who: str = "the host",
+) -> None:
+    """Prove that the SSH server behind ``conn`` is the instance ``instance_id``:
+    through the connection, ask its IMDSv2 metadata service (one token, then
+    the instance id and ``secret_path``) and compare the answers with what the
+    driver recorded, the secret in constant time. ``extract`` picks the secret
+    out of the body (e.g. from user data); ``who`` names the instance in errors.
+
+    Returns None when both match. Raises HostKeyError when either differs or
+    the service cannot be read within ``timeout`` seconds per request.
+    """
+    try:
+        async with metadata_client(conn, timeout=timeout) as client:
+            token = await imdsv2_token(client)
+            presented_id = await imdsv2_get(client, "/latest/meta-data/instance-id", token=token)
+            presented = await imdsv2_get(client, secret_path, token=token)
+    except httpx.HTTPError as exc:
+        raise HostKeyError(f"{who}: cannot read the metadata service: {exc}") from exc
+    if presented_id.strip() != instance_id:
+        raise HostKeyError(f"{who}: the host is another instance")
+    check_secret(extract(presented) if extract else presented, secret)

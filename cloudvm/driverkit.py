@@ -13,8 +13,11 @@ from ._base import InstanceSetBase as InstanceSetBase
 from ._delegating import DelegatingInstance as DelegatingInstance
 from ._drivers import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from ._executor import split_address as split_address
+from ._metadata import IMDSV2_SECRET_PATH as IMDSV2_SECRET_PATH
 from ._metadata import IMDSV2_TOKEN_TTL as IMDSV2_TOKEN_TTL
 from ._metadata import imdsv2_get as imdsv2_get
+from ._metadata import imdsv2_token as imdsv2_token
+from ._metadata import verify_with_imdsv2 as verify_with_imdsv2
 from ._metrics import CallMetrics as CallMetrics
 from ._tunnel import METADATA_URL as METADATA_URL
 from ._tunnel import SSHTunnelTransport as SSHTunnelTransport
@@ -33,6 +36,7 @@ from ._validate import validate_tags as validate_tags
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "IMDSV2_SECRET_PATH",
     "IMDSV2_TOKEN_TTL",
     "MAX_INIT_COMMAND_BYTES",
     "MAX_TAG_KEY_CHARS",
@@ -47,12 +51,14 @@ __all__ = [
     "SSHTunnelTransport",
     "check_secret",
     "imdsv2_get",
+    "imdsv2_token",
     "metadata_client",
     "new_secret",
     "parse_config",
     "split_address",
     "validate_init_command",
     "validate_tags",
+    "verify_with_imdsv2",
 ]
 
 for _name in __all__:

@@ -19,17 +19,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 import asyncssh
-import httpx
 
 import cloudvm
 
 from .._base import InstanceSetBase
 from .._drivers import driver_func
-from .._errors import HostKeyError, QuotaError
-from .._metadata import imdsv2_get
+from .._errors import QuotaError
+from .._metadata import verify_with_imdsv2
 from .._metrics import CallMetrics
 from .._protocols import Instance
-from .._tunnel import metadata_client
 from .._types import (
     ImageID,
     InitCommand,
@@ -42,8 +40,6 @@ from .._types import (
     SharedResourceTags,
 )
 from .._validate import (
-    SECRET_TAG,
-    check_secret,
     new_secret,
     parse_config,
     validate_init_command,
@@ -127,15 +123,9 @@ class LoopbackInstance:
         """
         if conn is None:
             raise NotImplementedError("loopback verifies host keys only through a live connection")
-        try:
-            async with metadata_client(conn) as client:
-                instance_id = await imdsv2_get(client, "/latest/meta-data/instance-id")
-                secret = await imdsv2_get(client, f"/latest/meta-data/tags/instance/{SECRET_TAG}")
-        except httpx.HTTPError as exc:
-            raise HostKeyError(f"{self}: cannot read the metadata service: {exc}") from exc
-        if instance_id.strip() != self.id:
-            raise HostKeyError(f"{self}: the host is another instance")
-        check_secret(secret, self._record.secret)
+        await verify_with_imdsv2(
+            conn, instance_id=self.id, secret=self._record.secret, who=str(self)
+        )
 
     def __str__(self) -> str:
         return self._record.id

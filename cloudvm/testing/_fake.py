@@ -23,15 +23,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
-import httpx
 
 from .._base import InstanceSetBase
 from .._drivers import driver_func
-from .._errors import HostKeyError
-from .._metadata import imdsv2_get
+from .._metadata import verify_with_imdsv2
 from .._metrics import CallMetrics
 from .._protocols import Instance
-from .._tunnel import metadata_client
 from .._types import (
     ImageID,
     InitCommand,
@@ -43,7 +40,7 @@ from .._types import (
     InstanceType,
     SharedResourceTags,
 )
-from .._validate import SECRET_TAG, check_secret, parse_config, validate_init_command, validate_tags
+from .._validate import parse_config, validate_init_command, validate_tags
 from ._fake_cloud import _VM, FakeCloud, named_cloud
 from ._fake_config import FakeConfig
 
@@ -126,15 +123,9 @@ class FakeInstance:
             raise NotImplementedError("this fake instance has no SSH server (ssh is off)")
         if conn is None:
             raise NotImplementedError("fake instances verify host keys only through a connection")
-        try:
-            async with metadata_client(conn) as client:
-                instance_id = await imdsv2_get(client, "/latest/meta-data/instance-id")
-                secret = await imdsv2_get(client, f"/latest/meta-data/tags/instance/{SECRET_TAG}")
-        except httpx.HTTPError as exc:
-            raise HostKeyError(f"{self}: cannot read the metadata service: {exc}") from exc
-        if instance_id.strip() != self._vm.id:
-            raise HostKeyError(f"{self}: the host is another instance")
-        check_secret(secret, self._vm.secret)
+        await verify_with_imdsv2(
+            conn, instance_id=self._vm.id, secret=self._vm.secret, who=str(self)
+        )
 
     def __str__(self) -> str:
         return self._vm.id

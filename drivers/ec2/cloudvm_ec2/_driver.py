@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.to_thread
 import asyncssh
-import httpx
 from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
     ClientError,
@@ -25,7 +24,6 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cloudvm import (
     CloudError,
-    HostKeyError,
     ImageID,
     InitCommand,
     Instance,
@@ -39,17 +37,16 @@ from cloudvm import (
     driver_func,
 )
 from cloudvm.driverkit import (
+    IMDSV2_SECRET_PATH,
     RESERVED_TAG_PREFIX,
     SECRET_TAG,
     SET_ID_TAG,
     InstanceSetBase,
-    check_secret,
-    imdsv2_get,
-    metadata_client,
     new_secret,
     parse_config,
     validate_init_command,
     validate_tags,
+    verify_with_imdsv2,
 )
 
 from ._config import EC2Config
@@ -266,22 +263,16 @@ class EC2Instance:
                 "for instances created with a secret"
             )
         config = self._set._config
-        try:
-            async with metadata_client(conn, timeout=config.metadata_timeout) as client:
-                instance_id = await imdsv2_get(client, "/latest/meta-data/instance-id")
-                if config.secret_storage == "tag":
-                    presented = await imdsv2_get(
-                        client, f"/latest/meta-data/tags/instance/{SECRET_TAG}"
-                    )
-                else:
-                    presented = _secret_from_user_data(
-                        await imdsv2_get(client, "/latest/user-data")
-                    )
-        except httpx.HTTPError as exc:
-            raise HostKeyError(f"{self}: cannot read the metadata service: {exc}") from exc
-        if instance_id.strip() != self._id:
-            raise HostKeyError(f"{self}: the host is another instance")
-        check_secret(presented, expected)
+        user_data_mode = config.secret_storage != "tag"
+        await verify_with_imdsv2(
+            conn,
+            instance_id=self._id,
+            secret=expected,
+            secret_path="/latest/user-data" if user_data_mode else IMDSV2_SECRET_PATH,
+            extract=_secret_from_user_data if user_data_mode else None,
+            timeout=config.metadata_timeout,
+            who=str(self),
+        )
 
     def __str__(self) -> str:
         return self._id
