@@ -25,6 +25,22 @@ What the wrapper does with each error of the wrapped set:
   group or for every type (see :class:`ResiliencePolicy`); creates that would meet a
   remembered shortage fail fast with a new CapacityError (no cloud call).
 
+Calls of each kind also pass an adaptive admission window (``adaptive_concurrency``,
+on by default), in the manner of TCP's slow start: at most ``window`` calls of the
+kind are in flight at once, others queue in order. The window starts at
+``initial_window`` calls; each success while the window holds callers back adds one
+call, so it doubles every round trip, up to ``max_window`` (for creates also
+``max_concurrent_creates``); after a RateLimitError it doubles only up to half the
+window it had then (at least two calls), and beyond that grows by one call per
+window's worth of successes. A RateLimitError shrinks the window to one call:
+when the hold-off ends, one probe call goes alone and the others follow only when
+it succeeds; if the probe is throttled, a new hold-off starts and nobody else was
+sent. So many callers that arrive at once do not all reach a throttled API before
+its first RateLimitError is known. Calls in flight when the window shrank neither
+grow nor shrink it again. A wait for the window counts towards ``max_wait``; a call
+that gives up, is cancelled or fails in any way frees its place. The window is not
+logged.
+
 Each decision is logged once, when it is taken, to the logger given, with its
 fields in ``extra=`` (``kind``, ``decision``, ``until``, ``error_code``, ...), and
 counted in ``cloudvm_resilient_decisions_total{kind, decision}`` when a prometheus
@@ -37,6 +53,7 @@ one caller, ``gave_up`` (a wait would exceed ``max_wait``) and ``retried``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -140,6 +157,14 @@ class ResiliencePolicy:
                            of all kinds. None (default): no cap.
     max_calls_burst        The bucket's size: how many calls may go at once after a
                            quiet spell (default 1).
+    adaptive_concurrency   True (default): at most a window of calls of each kind is
+                           in flight at once; the window grows while calls succeed
+                           and shrinks to one call on a RateLimitError (see the
+                           module documentation). False: no window, every caller
+                           goes as soon as hold-offs and the rate cap allow.
+    initial_window         The window each kind starts with (default 2).
+    max_window             The largest the window grows. None (default): no limit
+                           but ``max_concurrent_creates`` for creates.
     ====================== ==========================================================
     """
 
@@ -151,10 +176,14 @@ class ResiliencePolicy:
     max_concurrent_creates: int | None = None
     max_calls_per_second: float | None = None
     max_calls_burst: int = 1
+    adaptive_concurrency: bool = True
+    initial_window: int = 2
+    max_window: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.retry_rate_limited, bool):
-            raise TypeError(_field_error("retry_rate_limited", "a bool", self.retry_rate_limited))
+        for name in ("retry_rate_limited", "adaptive_concurrency"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(_field_error(name, "a bool", getattr(self, name)))
         for name in ("max_wait", "jitter", "capacity_hold", "quota_hold"):
             _check_seconds(name, getattr(self, name))
         if self.max_concurrent_creates is not None:
@@ -162,6 +191,17 @@ class ResiliencePolicy:
         if self.max_calls_per_second is not None:
             _check_seconds("max_calls_per_second", self.max_calls_per_second, positive=True)
         _check_count("max_calls_burst", self.max_calls_burst)
+        _check_count("initial_window", self.initial_window)
+        if self.max_window is not None:
+            _check_count("max_window", self.max_window)
+            if self.initial_window > self.max_window:
+                raise ValueError(
+                    _field_error(
+                        "initial_window",
+                        f"at most max_window ({self.max_window})",
+                        self.initial_window,
+                    )
+                )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -247,6 +287,96 @@ class _TokenBucket:
         self._tokens = min(self._burst, self._tokens + 1)
 
 
+class _Ticket:
+    """One call's place in a :class:`_Window`: queued until ``event`` is set, then
+    admitted (counted in flight) in window ``generation``."""
+
+    __slots__ = ("event", "generation")
+
+    def __init__(self, generation: int, event: anyio.Event | None = None) -> None:
+        self.generation = generation
+        self.event = event
+
+
+_Outcome = Literal["ok", "throttled", "other"]
+
+
+class _Window:
+    """The adaptive admission window of one kind of call, as TCP's congestion window.
+
+    At most ``size`` calls are in flight. A success grows the window by one call
+    (so it doubles every round of successes) until ``threshold``, then by one call
+    per window's worth of successes; it grows only while it limits the callers.
+    A RateLimitError halves the threshold and shrinks the window to one call: the
+    next call admitted is a probe, and nobody follows it until it succeeds.
+    Calls admitted before that (an older ``generation``) neither grow nor shrink
+    the window again. Every method is synchronous: a caller cancelled anywhere
+    leaves the counts right.
+    """
+
+    def __init__(self, size: int, cap: int | None) -> None:
+        self.size = size if cap is None else min(size, cap)
+        self.cap = cap
+        self.threshold: int | None = None  # slow start below it; None: not yet known
+        self.in_flight = 0
+        self.generation = 0
+        self._credit = 0  # successes towards the next +1 above the threshold
+        self._queue: collections.deque[_Ticket] = collections.deque()
+
+    def try_admit(self) -> _Ticket | None:
+        """Admit a call at once if there is room and nobody queues before it."""
+        if self._queue or self.in_flight >= self.size:
+            return None
+        self.in_flight += 1
+        return _Ticket(self.generation)
+
+    def enqueue(self) -> _Ticket:
+        ticket = _Ticket(self.generation, anyio.Event())
+        self._queue.append(ticket)
+        return ticket
+
+    @staticmethod
+    def admitted(ticket: _Ticket) -> bool:
+        return ticket.event is None or ticket.event.is_set()
+
+    def abandon(self, ticket: _Ticket) -> None:
+        """A queued caller gives up: leave the queue, or free the slot it was given."""
+        if self.admitted(ticket):
+            self.release(ticket, "other")
+        else:
+            self._queue.remove(ticket)
+
+    def release(self, ticket: _Ticket, outcome: _Outcome) -> None:
+        """An admitted call is over: adapt the window to how it went, admit the next."""
+        limited = self.in_flight >= self.size or bool(self._queue)
+        self.in_flight -= 1
+        if ticket.generation == self.generation:
+            if outcome == "ok" and limited:
+                self._grow()
+            elif outcome == "throttled":
+                self.threshold = max(self.size // 2, 2)
+                self.size = 1
+                self._credit = 0
+                self.generation += 1
+        while self._queue and self.in_flight < self.size:
+            waiter = self._queue.popleft()
+            waiter.generation = self.generation
+            self.in_flight += 1
+            assert waiter.event is not None
+            waiter.event.set()
+
+    def _grow(self) -> None:
+        if self.threshold is None or self.size < self.threshold:
+            self.size += 1
+        else:
+            self._credit += 1
+            if self._credit >= self.size:
+                self._credit = 0
+                self.size += 1
+        if self.cap is not None:
+            self.size = min(self.size, self.cap)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -293,6 +423,13 @@ class ResilientInstanceSet(InstanceSetBase):
             if policy.max_concurrent_creates is None
             else anyio.Semaphore(policy.max_concurrent_creates)
         )
+        self._windows: dict[_Kind, _Window] = {}
+        if policy.adaptive_concurrency:
+            for kind in _KINDS:
+                cap = policy.max_window
+                if kind == "create" and policy.max_concurrent_creates is not None:
+                    cap = min(cap or policy.max_concurrent_creates, policy.max_concurrent_creates)
+                self._windows[kind] = _Window(policy.initial_window, cap)
         # At quota until this time, unless an instance is destroyed first.
         self._quota_until: datetime | None = None
         self._quota_cause: QuotaError | None = None
@@ -327,7 +464,8 @@ class ResilientInstanceSet(InstanceSetBase):
 
         Step by step: refuse at once if at quota or if a remembered shortage
         covers ``itype``; wait for one of ``max_concurrent_creates`` slots; wait
-        out any create hold-off and the rate cap (at most ``max_wait``); check
+        out any create hold-off, then for a place in the create window and for
+        the rate cap (all three at most ``max_wait``); check
         quota and shortages again (another caller may have learnt something
         meanwhile); then call the wrapped set once (more often only with
         ``retry_rate_limited``).
@@ -364,7 +502,8 @@ class ResilientInstanceSet(InstanceSetBase):
     async def instances(self, tags: InstanceTags | None = None) -> list[Instance]:
         """The wrapped set's listing, each instance wrapped in a :class:`ResilientInstance`.
 
-        Waits out any list hold-off and the rate cap (at most ``max_wait``).
+        Waits out any list hold-off, the list window and the rate cap (at most
+        ``max_wait``).
 
         Raises:
             RateLimitError: the wrapped set's own (which starts a list hold-off),
@@ -397,15 +536,17 @@ class ResilientInstanceSet(InstanceSetBase):
         kind off and re-raise, or (``retry_rate_limited``) wait and try again."""
         deadline = self._clock() + timedelta(seconds=self._policy.max_wait)
         while True:
-            await self._wait_turn(kind, deadline)
-            # Nothing below awaits before the cloud call: the checks still hold then.
-            self._check_open()
-            if refuse is not None:
-                refuse()
+            ticket = await self._wait_turn(kind, deadline)
             try:
-                return await attempt()
+                # Nothing here awaits before the cloud call: the checks still hold then.
+                self._check_open()
+                if refuse is not None:
+                    refuse()
+                result = await attempt()
             except RateLimitError as exc:
+                # Hold off first, so that the slot given back admits nobody early.
                 self._note_rate_limit(kind, exc)
+                self._release(kind, ticket, "throttled")
                 # Quota and capacity are never retried, whatever else the error means.
                 if not self._policy.retry_rate_limited or isinstance(
                     exc, QuotaError | CapacityError
@@ -416,34 +557,100 @@ class ResilientInstanceSet(InstanceSetBase):
                     self._count(kind, "gave_up")
                     raise
                 self._count(kind, "retried")
+            except BaseException:
+                self._release(kind, ticket, "other")
+                raise
+            else:
+                self._release(kind, ticket, "ok")
+                return result
 
-    async def _wait_turn(self, kind: _Kind, deadline: datetime) -> None:
-        """Return when no hold-off of ``kind`` is on and a rate-cap token is ours."""
+    def _release(self, kind: _Kind, ticket: _Ticket | None, outcome: _Outcome) -> None:
+        if ticket is not None:
+            self._windows[kind].release(ticket, outcome)
+
+    async def _wait_turn(self, kind: _Kind, deadline: datetime) -> _Ticket | None:
+        """Return when no hold-off of ``kind`` is on, the kind's window has
+        admitted us and a rate-cap token is ours. The ticket returned (None
+        without ``adaptive_concurrency``) must be released after the call."""
         while True:
             await self._wait_hold_off(kind, deadline)
-            if self._bucket is None:
-                return
-            now = self._clock()
-            delay = self._bucket.delay(now)
-            if now + timedelta(seconds=delay) > deadline:
-                self._count(kind, "gave_up")
-                raise RateLimitError(
-                    f"cloudvm.resilient: the rate cap of {self._policy.max_calls_per_second} "
-                    f"calls per second would delay this {kind} call longer than "
-                    f"max_wait={self._policy.max_wait}s; retry later",
-                    now + timedelta(seconds=delay),
-                )
-            self._bucket.take()
-            if delay <= 0:
-                return  # no await since the hold-off check: it still holds
+            ticket = await self._admit(kind, deadline)
             try:
-                await self._sleep(delay)
+                ready = not self._is_held_off(kind, self._clock()) and (
+                    await self._take_rate_token(kind, deadline)
+                )
             except BaseException:
-                self._bucket.refund(self._clock())
+                self._release(kind, ticket, "other")
                 raise
-            if not self._is_held_off(kind, self._clock()):
-                return
-            # A hold-off began while we waited for the token: wait it out too.
+            if ready:
+                return ticket
+            # A hold-off began while we waited for a slot or a token: wait it out.
+            self._release(kind, ticket, "other")
+
+    async def _admit(self, kind: _Kind, deadline: datetime) -> _Ticket | None:
+        """Wait (at most until ``deadline``) for room in the kind's window."""
+        window = self._windows.get(kind)
+        if window is None:
+            return None
+        ticket = window.try_admit()
+        if ticket is not None:
+            return ticket  # no await since the hold-off check: it still holds
+        now = self._clock()
+        ticket = window.enqueue()
+        try:
+            if now < deadline:
+                await self._wait_set(ticket, (deadline - now).total_seconds())
+        except BaseException:
+            window.abandon(ticket)
+            raise
+        if window.admitted(ticket):
+            return ticket
+        window.abandon(ticket)
+        self._count(kind, "gave_up")
+        raise RateLimitError(
+            f"cloudvm.resilient: {window.in_flight} {kind} calls are in flight, the most "
+            f"the adaptive window allows now; waiting for a slot would take longer than "
+            f"max_wait={self._policy.max_wait}s; retry later",
+            self._clock(),
+        )
+
+    async def _wait_set(self, ticket: _Ticket, seconds: float) -> None:
+        """Wait until ``ticket`` is admitted or ``seconds`` pass on our clock."""
+        assert ticket.event is not None
+        async with anyio.create_task_group() as tg:
+
+            async def alarm() -> None:
+                await self._sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(alarm)
+            await ticket.event.wait()
+            tg.cancel_scope.cancel()
+
+    async def _take_rate_token(self, kind: _Kind, deadline: datetime) -> bool:
+        """Take a rate-cap token, waiting for it (at most until ``deadline``).
+        False if a hold-off of ``kind`` began meanwhile."""
+        if self._bucket is None:
+            return True
+        now = self._clock()
+        delay = self._bucket.delay(now)
+        if now + timedelta(seconds=delay) > deadline:
+            self._count(kind, "gave_up")
+            raise RateLimitError(
+                f"cloudvm.resilient: the rate cap of {self._policy.max_calls_per_second} "
+                f"calls per second would delay this {kind} call longer than "
+                f"max_wait={self._policy.max_wait}s; retry later",
+                now + timedelta(seconds=delay),
+            )
+        self._bucket.take()
+        if delay <= 0:
+            return True  # no await since the hold-off check: it still holds
+        try:
+            await self._sleep(delay)
+        except BaseException:
+            self._bucket.refund(self._clock())
+            raise
+        return not self._is_held_off(kind, self._clock())
 
     def _is_held_off(self, kind: _Kind, now: datetime) -> bool:
         until = self._holds[kind].until

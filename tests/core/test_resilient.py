@@ -37,7 +37,7 @@ from cloudvm import (
     RateLimitError,
     ResiliencePolicy,
 )
-from cloudvm._resilient import MIN_HOLD_OFF, ResilientInstance, ResilientInstanceSet
+from cloudvm._resilient import MIN_HOLD_OFF, ResilientInstance, ResilientInstanceSet, _Window
 from cloudvm.driverkit import InstanceSetBase
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -357,7 +357,8 @@ async def test_waiters_wake_within_the_jitter_after_earliest_retry(
 async def test_concurrent_rate_limits_log_one_line(
     cloud: ScriptedCloud, clock: FakeClock, recorder: Recorder
 ) -> None:
-    wrapped = wrap(cloud, clock, recorder)
+    # A window of ten: all ten calls are in flight before the first error is known.
+    wrapped = wrap(cloud, clock, recorder, initial_window=10)
     cloud.gates["instances"] = anyio.Event()
     cloud.errors["instances"].extend(rate_limit(clock, 10) for _ in range(10))
     results: list[object] = []
@@ -737,6 +738,217 @@ async def test_max_concurrent_creates(cloud: ScriptedCloud, clock: FakeClock) ->
     assert cloud.max_in_flight["create"] == 2
 
 
+# --------------------------------------------------------------------------- adaptive window
+
+
+async def next_round(cloud: ScriptedCloud, operation: str = "create") -> None:
+    """Let the calls now held at the double's door through, and hold the next ones."""
+    gate = cloud.gates[operation]
+    cloud.gates[operation] = anyio.Event()
+    gate.set()
+    await settle()
+
+
+async def test_the_window_starts_small_and_doubles_while_calls_succeed(
+    cloud: ScriptedCloud, clock: FakeClock
+) -> None:
+    wrapped = wrap(cloud, clock)
+    cloud.gates["create"] = anyio.Event()
+    results: list[object] = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(outcome_of, results, lambda: create(wrapped))
+        await settle()
+        rounds = [cloud.in_flight["create"]]
+        while len(results) < 20:
+            await next_round(cloud)
+            rounds.append(cloud.in_flight["create"])
+    # One success adds one call to the window: it doubles every round.
+    assert rounds == [2, 4, 8, 6, 0]
+    assert all(isinstance(result, ResilientInstance) for result in results)
+    assert await wrapped.instances() != []  # the list window is its own
+
+
+async def test_the_window_grows_only_while_it_limits_the_callers(
+    cloud: ScriptedCloud, clock: FakeClock
+) -> None:
+    wrapped = wrap(cloud, clock, initial_window=1)
+    for _ in range(10):  # one caller at a time never needs a larger window
+        await create(wrapped)
+    cloud.gates["create"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(lambda: create(wrapped))
+        await settle()
+        assert cloud.in_flight["create"] == 2  # grown once, by the first success
+        cloud.gates["create"].set()
+
+
+async def test_max_window_caps_the_window(cloud: ScriptedCloud, clock: FakeClock) -> None:
+    wrapped = wrap(cloud, clock, initial_window=1, max_window=3)
+    cloud.gates["create"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for _ in range(12):
+            tg.start_soon(lambda: create(wrapped))
+        await settle()
+        for _ in range(5):
+            await next_round(cloud)
+        cloud.gates["create"].set()
+    assert cloud.count("create") == 12
+    assert cloud.max_in_flight["create"] == 3
+
+
+async def test_a_rate_limit_collapses_the_window_and_a_probe_goes_alone(
+    cloud: ScriptedCloud, clock: FakeClock, recorder: Recorder
+) -> None:
+    wrapped = wrap(cloud, clock, recorder, initial_window=4)
+    cloud.gates["create"] = anyio.Event()
+    results: list[object] = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(12):
+            tg.start_soon(outcome_of, results, lambda: create(wrapped))
+        await settle()
+        assert cloud.in_flight["create"] == 4
+        cloud.errors["create"].append(rate_limit(clock, 10))
+        await next_round(cloud)  # one throttled, three created
+        assert cloud.count("create") == 4
+        assert cloud.in_flight["create"] == 0  # held off: nobody else goes
+        await clock.advance(10)
+        # The hold-off is over: the probe goes alone, the other seven wait for it.
+        assert cloud.count("create") == 5
+        assert cloud.in_flight["create"] == 1
+        cloud.errors["create"].append(rate_limit(clock, 10))
+        await next_round(cloud)  # the probe is throttled: a new hold-off, nobody sent
+        assert cloud.count("create") == 5
+        await clock.advance(10)
+        assert cloud.in_flight["create"] == 1  # a new probe, alone again
+        await next_round(cloud)  # it succeeds: two go
+        assert cloud.in_flight["create"] == 2
+        cloud.gates["create"].set()
+    assert cloud.count("create") == 12  # each caller called once: no retries
+    assert [type(r).__name__ for r in results].count("RateLimitError") == 2
+    assert recorder.decisions() == ["hold_off_started", "hold_off_started"]
+
+
+async def test_calls_in_flight_before_a_rate_limit_do_not_regrow_the_window(
+    cloud: ScriptedCloud, clock: FakeClock
+) -> None:
+    wrapped = wrap(cloud, clock, initial_window=8)
+    cloud.gates["create"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for _ in range(16):
+            tg.start_soon(outcome_of, [], lambda: create(wrapped))
+        await settle()
+        cloud.errors["create"].append(rate_limit(clock, 10))
+        await next_round(cloud)  # the first of eight is throttled, seven succeed
+        await clock.advance(10)
+        assert cloud.in_flight["create"] == 1  # the seven successes grew nothing
+        cloud.gates["create"].set()
+    assert cloud.count("create") == 16
+
+
+async def test_adaptive_concurrency_off_sends_every_caller_at_once(
+    cloud: ScriptedCloud, clock: FakeClock
+) -> None:
+    wrapped = wrap(cloud, clock, adaptive_concurrency=False)
+    cloud.gates["create"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(lambda: create(wrapped))
+        await settle()
+        assert cloud.in_flight["create"] == 10
+        cloud.gates["create"].set()
+
+
+async def test_a_wait_for_the_window_longer_than_max_wait_raises(
+    cloud: ScriptedCloud, clock: FakeClock
+) -> None:
+    registry = prometheus_client.CollectorRegistry()
+    logger = logging.Logger("tests.resilient")
+    wrapped = cloudvm.resilient(
+        cloud,
+        logger=logger,
+        registry=registry,
+        clock=clock,
+        sleep=clock.sleep,
+        initial_window=1,
+        max_window=1,
+        max_wait=5,
+    )
+    cloud.gates["instances"] = anyio.Event()
+    results: list[object] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outcome_of, results, wrapped.instances)
+        await settle()
+        tg.start_soon(outcome_of, results, wrapped.instances)
+        await settle()
+        await clock.advance(4.9)
+        assert results == []
+        await clock.advance(0.1)
+        (raised,) = results
+        assert isinstance(raised, RateLimitError)
+        assert "max_wait" in str(raised)
+        assert clock.sleeping == 0
+        cloud.gates["instances"].set()
+    assert cloud.count("instances") == 1
+    assert registry.get_sample_value(
+        "cloudvm_resilient_decisions_total", {"kind": "list", "decision": "gave_up"}
+    )
+    await wrapped.instances()  # the window is free again
+    assert cloud.count("instances") == 2
+
+
+async def test_cancelled_window_waiters_and_calls_leave_the_window_consistent(
+    cloud: ScriptedCloud, clock: FakeClock
+) -> None:
+    wrapped = wrap(cloud, clock, initial_window=1, max_window=1)
+    cloud.gates["create"] = anyio.Event()
+    in_flight, queued = anyio.CancelScope(), anyio.CancelScope()
+
+    async def cancellable(scope: anyio.CancelScope) -> None:
+        with scope:
+            await create(wrapped)
+
+    results: list[object] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancellable, in_flight)
+        await settle()
+        tg.start_soon(cancellable, queued)
+        for _ in range(2):
+            tg.start_soon(outcome_of, results, lambda: create(wrapped))
+        await settle()
+        assert cloud.in_flight["create"] == 1
+        queued.cancel()  # a waiter leaves the queue
+        await settle()
+        assert cloud.count("create") == 1
+        in_flight.cancel()  # a call in flight frees its slot for the next waiter
+        await settle()
+        assert cloud.count("create") == 2
+        assert cloud.in_flight["create"] == 1
+        cloud.gates["create"].set()
+    assert len(results) == 2
+    assert cloud.count("create") == 3
+    assert cloud.max_in_flight["create"] == 1
+    await create(wrapped)  # nothing leaked: a new caller goes at once
+    assert cloud.count("create") == 4
+
+
+async def test_a_waiter_cancelled_after_it_was_admitted_gives_its_slot_back() -> None:
+    window = _Window(1, 1)
+    first = window.try_admit()
+    assert first is not None
+    waiter, later = window.enqueue(), window.enqueue()
+    window.release(first, "ok")  # the waiter is admitted (not yet running)...
+    assert _Window.admitted(waiter)
+    assert not _Window.admitted(later)
+    window.abandon(waiter)  # ...and cancelled before it ran: the next one goes
+    assert _Window.admitted(later)
+    assert window.in_flight == 1
+    window.release(later, "ok")
+    assert window.in_flight == 0
+    assert window.try_admit() is not None
+
+
 # --------------------------------------------------------------------------- cancellation
 
 
@@ -833,6 +1045,11 @@ async def test_cancelled_create_frees_its_slot(cloud: ScriptedCloud, clock: Fake
         ("max_concurrent_creates", 1.5, TypeError),
         ("max_calls_per_second", 0, ValueError),
         ("max_calls_burst", 0, ValueError),
+        ("adaptive_concurrency", 1, TypeError),
+        ("initial_window", 0, ValueError),
+        ("initial_window", 2.0, TypeError),
+        ("max_window", 0, ValueError),
+        ("max_window", True, TypeError),
     ],
 )
 def test_bad_policy_values_raise_naming_the_field(
@@ -843,6 +1060,14 @@ def test_bad_policy_values_raise_naming_the_field(
         ResiliencePolicy(**fields)
     with pytest.raises(error, match=rf"ResiliencePolicy\.{field} must be"):
         cloudvm.resilient(cloud, **fields)
+
+
+def test_an_initial_window_above_max_window_is_refused(cloud: ScriptedCloud) -> None:
+    with pytest.raises(ValueError, match=r"ResiliencePolicy\.initial_window must be at most"):
+        ResiliencePolicy(initial_window=4, max_window=2)
+    with pytest.raises(ValueError, match=r"ResiliencePolicy\.initial_window must be at most"):
+        cloudvm.resilient(cloud, initial_window=4, max_window=2)
+    assert ResiliencePolicy(initial_window=2, max_window=2).max_window == 2
 
 
 def test_unknown_policy_field_is_named(cloud: ScriptedCloud) -> None:

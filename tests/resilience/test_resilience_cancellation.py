@@ -49,6 +49,7 @@ async def test_cancelled_creates_free_their_slots_and_rate_cap_tokens() -> None:
     wrapped = wrap(
         await cloud.instance_set(SET),
         clock,
+        initial_window=2,  # the default, said here because the test counts on it
         max_concurrent_creates=2,
         max_calls_per_second=1,
         max_calls_burst=2,

@@ -136,17 +136,51 @@ async def test_a_hundred_concurrent_creates_finish_near_the_bucket_limit() -> No
     elapsed = max(c.finished for c in ok)
     assert MINIMUM <= elapsed <= 1.1 * MINIMUM, (elapsed, MINIMUM)
     _assert_no_call_during_hold_offs(clock, creates, log, "create")
+    # The admission window keeps all but a few callers from the cloud until
+    # the bucket's size is known, and after each hold-off a probe goes alone:
+    # each throttled call started a hold-off of its own.
+    started = log.decisions("hold_off_started")
+    assert 0 < len(throttled) <= len(started)
+    # One log line per hold-off, none per waiting caller.
+    assert len(log.records) == len(log.hold_offs())
+
+
+async def test_without_the_window_every_caller_is_in_flight_before_the_first_throttle() -> None:
+    clock = SimClock()
+    cloud = _ec2_shaped(clock)
+    log = DecisionLog(clock)
+    await _create_many(clock, cloud, log, COUNT, adaptive_concurrency=False)
+
+    creates = calls_of(cloud, "create")
+    ok = [c for c in creates if c.outcome == "ok"]
+    throttled = [c for c in creates if c.outcome == "RateLimitError"]
+    assert len(ok) == COUNT
+    elapsed = max(c.finished for c in ok)
+    assert MINIMUM <= elapsed <= 1.1 * MINIMUM, (elapsed, MINIMUM)
+    _assert_no_call_during_hold_offs(clock, creates, log, "create")
     # Before the first RateLimitError the wrapper knows of no limit: every caller
     # is in flight at t=0 and each one past the burst is throttled once. From
     # then on, each throttled call is one the wrapper sent when a hold-off
-    # ended, and it starts the next hold-off: never more throttles than holds.
+    # ended, and it starts the next hold-off.
     first_hold = log.hold_offs()[0][0]
     initial = [c for c in throttled if c.finished <= first_hold]
     later = [c for c in throttled if c.finished > first_hold]
     assert len(initial) == COUNT - EC2_RUN_INSTANCES["burst"]
     assert len(later) <= len(log.hold_offs()) - 1
-    # One log line per hold-off, none per waiting caller.
-    assert len(log.records) == len(log.hold_offs())
+
+
+async def test_without_throttling_the_window_doubles_every_round_trip() -> None:
+    clock = SimClock()
+    # One second per create and no rate limit: only the window holds callers back.
+    cloud = sim_cloud(clock, latency={"create": 1.0})
+    log = DecisionLog(clock)
+    await _create_many(clock, cloud, log, COUNT)
+    creates = calls_of(cloud, "create")
+    assert [c.outcome for c in creates] == ["ok"] * COUNT
+    # Rounds of 2, 4, 8, 16, 32 and the last 38 calls: six round trips where
+    # sending everyone at once takes one.
+    assert max(c.finished for c in creates) == pytest.approx(6.0)
+    assert log.records == []
 
 
 async def test_serialised_creates_meet_no_more_throttles_than_hold_offs() -> None:
