@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import cloudvm
@@ -55,16 +56,9 @@ async def booted(
     instance_set: cloudvm.InstanceSet, instance_id: cloudvm.InstanceID, timeout: float = 20
 ) -> cloudvm.Instance:
     """Re-list until the instance has an address."""
-    found: list[cloudvm.Instance] = []
-
-    async def check() -> None:
-        found[:] = [i for i in await instance_set.instances() if i.id == instance_id and i.address]
-
-    import anyio
-
     with anyio.fail_after(timeout):
         while True:
-            await check()
-            if found:
-                return found[0]
+            for inst in await instance_set.instances():
+                if inst.id == instance_id and inst.address:
+                    return inst
             await anyio.sleep(0.05)
