@@ -4,12 +4,15 @@ Users of cloudvm need only the names in :mod:`cloudvm`; whoever writes a
 driver (ours or a third party's) also gets these: the InstanceSet base class,
 the input checks every driver must run before any cloud call, per-instance
 secrets, HTTP to the metadata service through the SSH connection, and
-optional prometheus metrics.
+optional prometheus metrics; :func:`run_critical` for a section that must
+finish (or be rolled back) whatever cancellation arrives, asyncio's own
+included; :func:`printable` for text an untrusted host or account chose.
 """
 
 import contextlib
 
 from ._base import InstanceSetBase as InstanceSetBase
+from ._critical import run_critical as run_critical
 from ._delegating import DelegatingInstance as DelegatingInstance
 from ._drivers import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from ._executor import split_address as split_address
@@ -19,6 +22,7 @@ from ._metadata import imdsv2_get as imdsv2_get
 from ._metadata import imdsv2_token as imdsv2_token
 from ._metadata import verify_with_imdsv2 as verify_with_imdsv2
 from ._metrics import CallMetrics as CallMetrics
+from ._text import printable as printable
 from ._tunnel import METADATA_URL as METADATA_URL
 from ._tunnel import SSHTunnelTransport as SSHTunnelTransport
 from ._tunnel import metadata_client as metadata_client
@@ -55,6 +59,8 @@ __all__ = [
     "metadata_client",
     "new_secret",
     "parse_config",
+    "printable",
+    "run_critical",
     "split_address",
     "validate_init_command",
     "validate_tags",

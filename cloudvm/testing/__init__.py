@@ -8,6 +8,10 @@ and serves a metadata service through its own connections;
 stand-in for its cloud so that each instance it creates runs on such a server
 (its cloud-specific part, a :class:`HostBoot`, comes from a callback).
 
+:func:`cancel_at_each_suspension` cancels an operation at each of its
+suspension points in turn, by ``Task.cancel()`` or by an anyio scope, so a
+test can check that no cancellation leaves anything behind.
+
 :class:`FakeCloud` is an in-memory, fault-injecting cloud (rate limits, quotas,
 capacity shortages, lost responses, eventual consistency, failure rates,
 latency, optional SSH), reached through the ``fake`` driver
@@ -21,6 +25,8 @@ from .._http_server import HTTPHandler as HTTPHandler
 from .._http_server import HTTPRequest as HTTPRequest
 from .._http_server import HTTPResponse as HTTPResponse
 from .._imds import IMDSv2Service as IMDSv2Service
+from ._cancellation import CancelBy as CancelBy
+from ._cancellation import cancel_at_each_suspension as cancel_at_each_suspension
 from ._fake import DRIVER as FAKE_DRIVER
 from ._fake import FakeInstance as FakeInstance
 from ._fake import FakeInstanceSet as FakeInstanceSet
@@ -49,6 +55,7 @@ from ._targets import RedirectedTarget as RedirectedTarget
 __all__ = [
     "FAKE_DRIVER",
     "CallRecord",
+    "CancelBy",
     "CapacityShortage",
     "FakeClock",
     "FakeCloud",
@@ -74,6 +81,7 @@ __all__ = [
     "SSHTestServer",
     "SystemClock",
     "TokenBucket",
+    "cancel_at_each_suspension",
     "close_named_clouds",
 ]
 
