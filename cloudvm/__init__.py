@@ -38,7 +38,7 @@ from ._types import InstanceType as InstanceType
 from ._types import SharedResourceTags as SharedResourceTags
 
 try:
-    __version__ = _version("cloudvm")
+    __version__ = _version("aiocloudvm")
 except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 

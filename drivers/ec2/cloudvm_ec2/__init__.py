@@ -26,7 +26,7 @@ from ._quota import QUOTA_GROUPS as QUOTA_GROUPS
 from ._quota import quota_group as quota_group
 
 try:
-    __version__ = _metadata.version("cloudvm-ec2")
+    __version__ = _metadata.version("aiocloudvm-ec2")
 except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
