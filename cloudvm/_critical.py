@@ -113,4 +113,3 @@ async def _finish(
             raise cancelled from error
         raise error
     return task.result(), cancelled
-

@@ -37,17 +37,7 @@ class ShellRunner:
         env = dict(self._env)
         env.update({_text(k): _text(v) for k, v in session.env.items()})
         env["PWD"] = str(self._work_dir)
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            command,
-            cwd=self._work_dir,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        transport, proc = await _spawn(command, cwd=self._work_dir, env=env)
         self.running.add(proc)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -65,7 +55,12 @@ class ShellRunner:
         finally:
             self.running.discard(proc)
             kill_group(proc)
-            await proc.wait()
+            try:
+                await proc.wait()
+            finally:
+                # Output pipes nobody read to the end (the client left, or we
+                # were cancelled) stay open until closed: close them all now.
+                transport.close()
         status = proc.returncode if proc.returncode is not None else -1
         with contextlib.suppress(OSError, asyncssh.Error):
             if status < 0:
@@ -77,6 +72,27 @@ class ShellRunner:
         """Kill every running command (when the server stops)."""
         for proc in list(self.running):
             kill_group(proc)
+
+
+async def _spawn(
+    command: str, *, cwd: Path, env: Mapping[str, str]
+) -> tuple[asyncio.SubprocessTransport, asyncio.subprocess.Process]:
+    # asyncio.create_subprocess_exec, keeping the transport: a Process cannot
+    # close its pipes, and an unread one would outlive the command.
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=2**16, loop=loop),
+        "/bin/sh",
+        "-c",
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    return transport, asyncio.subprocess.Process(transport, protocol, loop)
 
 
 def _text(value: str | bytes) -> str:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -23,6 +22,7 @@ import asyncssh
 import cloudvm
 
 from .._base import InstanceSetBase
+from .._critical import run_critical
 from .._drivers import driver_func
 from .._errors import QuotaError
 from .._metadata import verify_with_imdsv2
@@ -58,6 +58,7 @@ _SERVER_SCRIPT = Path(__file__).with_name("_server.py")
 # even when it runs from a source tree.
 _IMPORT_ROOT = str(Path(cloudvm.__file__).resolve().parent.parent)
 _POLL_INTERVAL = 0.02  # seconds between checks while waiting on a lock or a process
+_SPAWN_TIMEOUT = 60.0  # seconds for the launcher to fork the instance process and exit
 
 
 class LoopbackInstance:
@@ -179,7 +180,7 @@ class LoopbackInstanceSet(InstanceSetBase):
                 f"public_key must be an asyncssh.SSHKey or None, not {type(public_key).__name__}"
             )
         record = _state.InstanceRecord(
-            id=f"lb-{secrets.token_hex(8)}",
+            id=_state.new_instance_id(),
             set_id=self._id,
             provider_type=itype.provider_type,
             image_id=image_id,
@@ -191,13 +192,18 @@ class LoopbackInstanceSet(InstanceSetBase):
             authorized_key=public_key.export_public_key("openssh").decode() if public_key else None,
             boot_delay=self._config.boot_delay,
         )
+
+        async def record_and_spawn() -> None:
+            async with self._create_lock:
+                await anyio.to_thread.run_sync(self._record_instance, record, checked_tags)
+            await self._spawn(record)
+
         with self._metrics.observe("create"):
-            # Recording and spawning are short and local; shielding them means a
-            # cancelled create never leaves a half-written instance.
-            with anyio.CancelScope(shield=True):
-                async with self._create_lock:
-                    await anyio.to_thread.run_sync(self._record_instance, record, checked_tags)
-                await self._spawn(record)
+            # Recording and spawning are short and local; as a critical section
+            # they finish whatever cancels us, so a cancelled create never
+            # leaves a half-written instance nor a recorded one without its
+            # process (it leaves a whole, tagged instance, as a cloud would).
+            await run_critical(record_and_spawn)
         self._logger.info(
             "created loopback instance %s",
             record.id,
@@ -206,7 +212,7 @@ class LoopbackInstanceSet(InstanceSetBase):
         return LoopbackInstance(self, record, checked_tags, "")
 
     def _record_instance(self, record: _state.InstanceRecord, tags: InstanceTags) -> None:
-        self._root.mkdir(parents=True, exist_ok=True)
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
         quota_lock = self._config.state_dir / _state.QUOTA_LOCK
         fd = None
         while fd is None:  # other processes share the quota: serialise with them
@@ -236,14 +242,15 @@ class LoopbackInstanceSet(InstanceSetBase):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_IMPORT_ROOT, env.get("PYTHONPATH")]))
         python = self._config.python or sys.executable
         # The launcher forks the instance process and exits at once.
-        await anyio.run_process(
-            [python, str(_SERVER_SCRIPT), str(self._root / record.id)],
-            env=env,
-            check=True,
-            stdin=None,
-            stdout=None,
-            stderr=None,
-        )
+        with anyio.fail_after(_SPAWN_TIMEOUT):
+            await anyio.run_process(
+                [python, str(_SERVER_SCRIPT), str(self._root / record.id)],
+                env=env,
+                check=True,
+                stdin=None,
+                stdout=None,
+                stderr=None,
+            )
 
     async def instances(self, tags: InstanceTags | None = None) -> list[Instance]:
         """Every instance of this set carrying all of ``tags``, booting ones
@@ -258,8 +265,8 @@ class LoopbackInstanceSet(InstanceSetBase):
         found = []
         for instance_dir in _state.instance_dirs(self._config.state_dir):
             record = _state.read_record(instance_dir)
-            if record is None or record.set_id != self._id:
-                continue
+            if record is None or record.set_id != self._id or record.id != instance_dir.name:
+                continue  # another set's, half created, or not made by create
             itags = _state.read_tags(instance_dir)
             if itags is None or any(itags.get(k) != v for k, v in wanted.items()):
                 continue
@@ -267,13 +274,20 @@ class LoopbackInstanceSet(InstanceSetBase):
             found.append((record, itags, address))
         return found
 
+    def _instance_dir(self, instance_id: str) -> Path:
+        # Ids come from records on disk, which anyone who can write the state
+        # dir could plant: only the form create makes may become a path.
+        if not _state.is_instance_id(instance_id):
+            raise ValueError(f"{instance_id!r} is not a loopback instance id")
+        return self._root / instance_id
+
     def instance_quota_group(self, itype: InstanceType) -> InstanceQuotaGroup:
         """All loopback instances share one quota (``max_instances``)."""
         return InstanceQuotaGroup("loopback")
 
     async def _set_tags(self, instance: LoopbackInstance, tags: InstanceTags) -> None:
         self._check_open()
-        instance_dir = self._root / instance.id
+        instance_dir = self._instance_dir(instance.id)
         with self._metrics.observe("set_tags"):
             await anyio.to_thread.run_sync(self._write_tags, instance_dir, tags)
 
@@ -284,10 +298,10 @@ class LoopbackInstanceSet(InstanceSetBase):
         _state.write_atomic(instance_dir / _state.TAGS, _json(tags))
 
     async def _destroy(self, instance_id: InstanceID) -> None:
-        instance_dir = self._root / instance_id
-        with self._metrics.observe("destroy"), anyio.CancelScope(shield=True):
-            # Shielded: a destroy half done would leave a process without state.
-            await self._stop_process(instance_dir)
+        instance_dir = self._instance_dir(instance_id)
+        with self._metrics.observe("destroy"):
+            # Critical: a destroy half done would leave a process without state.
+            await run_critical(lambda: self._stop_process(instance_dir))
         self._logger.info(
             "destroyed loopback instance %s",
             instance_id,
@@ -364,6 +378,7 @@ async def _new_instance_set(
     if not isinstance(id, str) or not id:
         raise ValueError("the InstanceSetID must be a non-empty string")
     validate_tags(tags, field="shared resource tags")
+    await anyio.to_thread.run_sync(_state.prepare_state_dir, parsed.state_dir)
     return LoopbackInstanceSet(parsed, id, logger, CallMetrics(registry, "loopback"))
 
 

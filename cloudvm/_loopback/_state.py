@@ -25,14 +25,22 @@ import errno
 import fcntl
 import json
 import os
+import re
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._errors import ConfigError
+
 __all__ = [
     "InstanceRecord",
     "instance_dirs",
+    "is_instance_id",
     "is_running",
+    "new_instance_id",
+    "prepare_state_dir",
     "read_address",
     "read_record",
     "read_tags",
@@ -50,6 +58,40 @@ INIT_LOG = "init.log"
 SERVER_LOG = "server.log"
 INSTANCES = "instances"
 QUOTA_LOCK = "quota.lock"
+
+_INSTANCE_ID = re.compile(r"lb-[0-9a-f]{16}\Z")
+
+
+def new_instance_id() -> str:
+    """A fresh instance id, of the only form :func:`is_instance_id` accepts."""
+    return f"lb-{secrets.token_hex(8)}"
+
+
+def is_instance_id(text: str) -> bool:
+    """Whether ``text`` has the form create gives ids (so it is a safe file name)."""
+    return bool(_INSTANCE_ID.match(text))
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create ``state_dir`` and its ``instances`` dir (mode 0700) if missing,
+    and refuse either when it is not a directory owned by this user, or is
+    writable by its group or by others (whoever can plant records there
+    controls what the driver signals and deletes). Raises ConfigError."""
+    for path in (state_dir, state_dir / INSTANCES):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700, parents=path is state_dir)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"loopback state_dir: {path} is not a directory")
+        if info.st_uid != os.geteuid():
+            raise ConfigError(
+                f"loopback state_dir: {path} belongs to uid {info.st_uid}, not to this user"
+            )
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ConfigError(
+                f"loopback state_dir: {path} is writable by its group or by others "
+                f"(mode {stat.S_IMODE(info.st_mode):o}); make it 0700"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +140,7 @@ def instance_dirs(state_dir: Path) -> Iterator[Path]:
     except FileNotFoundError:
         return
     for entry in entries:
-        if not entry.name.startswith("."):
+        if is_instance_id(entry.name):  # not ".<id>.creating", nor a planted name
             yield entry
 
 

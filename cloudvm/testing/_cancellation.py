@@ -137,5 +137,5 @@ class _Counted:
             self._on_suspend(suspensions)
             try:
                 send_value = yield yielded
-            except BaseException as exc:  # noqa: BLE001 - handed to the operation, as a Task would
+            except BaseException as exc:  # handed to the operation, as a Task would
                 error = exc

@@ -21,6 +21,7 @@ import anyio
 import anyio.lowlevel
 import asyncssh
 
+from .._critical import run_critical
 from .._drivers import driver_func
 from .._errors import CapacityError, CloudError, ConfigError, QuotaError, RateLimitError
 from .._imds import IMDSv2Service
@@ -446,9 +447,12 @@ class FakeCloud:
         servers = [vm.server for vm in self._vms.values() if vm.server is not None]
         for vm in self._vms.values():
             vm.server = None
-        with anyio.CancelScope(shield=True):
+
+        async def stop_all() -> None:
             for server in servers:
                 await server.stop()
+
+        await run_critical(stop_all)
 
     async def __aenter__(self) -> Self:
         return self
@@ -605,17 +609,10 @@ class FakeCloud:
         self._add(vm)
         call.instance_id = vm.id
         if config.ssh:
-            # Shielded: a cancelled create must not leave a VM half backed.
-            with anyio.CancelScope(shield=True):
-                try:
-                    server = await self._boot_server(vm, init_command, public_key)
-                except BaseException:
-                    self._forget(vm)
-                    raise
-                if self._closed or self._vms.get(vm.id) is not vm:
-                    await server.stop()  # closed or destroyed while it booted
-                else:
-                    vm.server, vm.address = server, server.address
+            # A critical section: a cancelled create must leave either no VM
+            # or a fully backed one, never a VM without its server or a
+            # server without its VM.
+            await run_critical(lambda: self._back_with_server(vm, init_command, public_key))
         else:
             # An address in 198.18.0.0/15 (reserved for benchmarks): unreachable.
             vm.address = f"198.{18 + (vm.seq >> 16) % 2}.{(vm.seq >> 8) % 256}.{vm.seq % 256}"
@@ -662,6 +659,19 @@ class FakeCloud:
                 code="VcpuLimitExceeded",
             )
 
+    async def _back_with_server(
+        self, vm: _VM, init_command: InitCommand, public_key: asyncssh.SSHKey | None
+    ) -> None:
+        try:
+            server = await self._boot_server(vm, init_command, public_key)
+        except BaseException:
+            self._forget(vm)
+            raise
+        if self._closed or self._vms.get(vm.id) is not vm:
+            await server.stop()  # closed or destroyed while it booted
+        else:
+            vm.server, vm.address = server, server.address
+
     async def _boot_server(
         self, vm: _VM, init_command: InitCommand, public_key: asyncssh.SSHKey | None
     ) -> SSHTestServer:
@@ -692,8 +702,7 @@ class FakeCloud:
             self._forget(vm)
             server, vm.server = vm.server, None
             if server is not None:
-                with anyio.CancelScope(shield=True):
-                    await server.stop()
+                await server.stop()  # it finishes whatever cancels us
         else:
             await anyio.lowlevel.checkpoint()
         self._maybe_lose("destroy")

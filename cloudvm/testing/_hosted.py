@@ -18,6 +18,7 @@ import anyio
 import asyncssh
 
 from .._base import InstanceSetBase
+from .._critical import run_critical
 from .._delegating import DelegatingInstance
 from .._drivers import load_driver
 from .._http_server import HTTPHandler
@@ -152,7 +153,10 @@ class HostedDriver:
         self._hosts[instance.id] = server
         if old is not None:  # pragma: no cover - a driver re-used an instance id
             await self._stop_server(old)
-        await server.start()
+        # Critical: once registered, the host must come up whole (a cancelled
+        # create keeps it, as the cloud keeps its instance); the init script
+        # below is the instance's own business and may be cancelled.
+        await run_critical(server.start)
         script = spec.init_script
         text = script.decode() if isinstance(script, bytes) else script
         if text.strip():
@@ -176,9 +180,7 @@ class HostedDriver:
 
     @staticmethod
     async def _stop_server(server: SSHTestServer) -> None:
-        # Shielded: a host popped from the table must not keep running.
-        with anyio.CancelScope(shield=True):
-            await server.stop()
+        await server.stop()  # it finishes whatever cancels us: no host outlives its entry
 
     async def aclose(self) -> None:
         """Halt every host; later creates raise RuntimeError. Idempotent."""

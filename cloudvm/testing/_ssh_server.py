@@ -12,11 +12,15 @@ import anyio
 import anyio.to_thread
 import asyncssh
 
+from .._critical import run_critical
 from .._http_server import HTTPHandler
 from .._shell import ShellRunner
 from .._ssh_server import InstanceSSHServer
 
 __all__ = ["SSHTestServer"]
+
+_START_TIMEOUT = 30.0  # seconds to bind the listener
+_STOP_TIMEOUT = 5.0  # seconds for the listener, then the connections, to close
 
 
 class SSHTestServer:
@@ -71,28 +75,45 @@ class SSHTestServer:
         return Path(self._workdir.name)
 
     async def start(self) -> Self:
+        """Listen on a free port of 127.0.0.1 and return the server.
+
+        Cancel-safe under any kind of cancellation: a start that was
+        cancelled leaves no listener and no temporary directory behind (it
+        finishes starting, then stops again, before the cancellation is
+        re-raised). A start that fails cleans up the same way.
+        """
+        return await run_critical(self._start, rollback=lambda _: self._stop())
+
+    async def _start(self) -> Self:
+        if self._acceptor is not None:
+            raise RuntimeError("this SSHTestServer is already started")
         self._workdir = await anyio.to_thread.run_sync(
             functools.partial(tempfile.TemporaryDirectory, prefix="cloudvm-sshtest-")
         )
-        self._runner = ShellRunner(Path(self._workdir.name))
-        runner = self._runner
+        try:
+            self._runner = ShellRunner(Path(self._workdir.name))
+            runner = self._runner
 
-        async def record_and_run(session: asyncssh.SSHServerProcess[bytes]) -> None:
-            if session.command is not None:
-                self.commands.append(session.command)
-            await runner(session)
+            async def record_and_run(session: asyncssh.SSHServerProcess[bytes]) -> None:
+                if session.command is not None:
+                    self.commands.append(session.command)
+                await runner(session)
 
-        self._acceptor = await asyncssh.listen(
-            "127.0.0.1",
-            0,
-            server_host_keys=[self.host_key],
-            server_factory=self._new_server,
-            process_factory=record_and_run,
-            encoding=None,
-            allow_scp=False,
-            agent_forwarding=False,
-            x11_forwarding=False,
-        )
+            with anyio.fail_after(_START_TIMEOUT):
+                self._acceptor = await asyncssh.listen(
+                    "127.0.0.1",
+                    0,
+                    server_host_keys=[self.host_key],
+                    server_factory=self._new_server,
+                    process_factory=record_and_run,
+                    encoding=None,
+                    allow_scp=False,
+                    agent_forwarding=False,
+                    x11_forwarding=False,
+                )
+        except BaseException:
+            await self._stop()
+            raise
         self.port = self._acceptor.sockets[0].getsockname()[1]
         return self
 
@@ -116,21 +137,26 @@ class SSHTestServer:
 
     async def stop(self) -> None:
         """Close the listener and every connection, kill running commands and
-        remove the work directory."""
+        remove the work directory. It runs to its end whatever cancellation
+        arrives meanwhile (then re-raises it); calling it twice is harmless."""
+        await run_critical(self._stop)
+
+    async def _stop(self) -> None:
         if self._runner is not None:
             self._runner.kill_all()
         if self._acceptor is not None:
-            self._acceptor.close()
-            with anyio.move_on_after(5):
-                await self._acceptor.wait_closed()
-            self._acceptor = None
-        with anyio.move_on_after(5):
+            acceptor, self._acceptor = self._acceptor, None
+            acceptor.close()
+            with anyio.move_on_after(_STOP_TIMEOUT):
+                await acceptor.wait_closed()
+        with anyio.move_on_after(_STOP_TIMEOUT):
             for conn in list(self._connections):
                 conn.close()
                 await conn.wait_closed()
+        self.port = 0
         if self._workdir is not None:
-            await anyio.to_thread.run_sync(self._workdir.cleanup)
-            self._workdir = None
+            workdir, self._workdir = self._workdir, None
+            await anyio.to_thread.run_sync(workdir.cleanup)
 
     async def __aenter__(self) -> Self:
         return await self.start()
