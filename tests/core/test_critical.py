@@ -4,6 +4,7 @@ its caller, and the cancellation is re-raised; cancel_at_each_suspension."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 
 import anyio
@@ -123,32 +124,32 @@ async def test_a_cancelled_caller_of_a_failing_section_gets_the_cancellation() -
     assert isinstance(info.value.__cause__, LookupError)
 
 
-async def test_cancelling_at_each_suspension_of_a_critical_section() -> None:
+@pytest.mark.parametrize("by", list(CancelBy))
+async def test_cancelling_at_each_suspension_of_a_critical_section(by: CancelBy) -> None:
     # Whatever suspension the cancellation lands on, the section ran whole
     # exactly once per run and was rolled back for every cancelled run.
-    for by in CancelBy:
-        log: list[str] = []
+    log: list[str] = []
 
-        async def section() -> None:
-            for _ in range(3):
-                await asyncio.sleep(0)
-            log.append("done")
+    async def section() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        log.append("done")
 
-        async def rollback(_: None) -> None:
-            log.append("undone")
+    async def rollback(_: None) -> None:
+        log.append("undone")
 
-        async def operation() -> None:
-            await run_critical(section, rollback=rollback)
+    async def operation() -> None:
+        await run_critical(section, rollback=rollback)
 
-        outcomes: list[bool] = []
+    outcomes: list[bool] = []
 
-        async def after(point: int, completed: bool) -> None:
-            outcomes.append(completed)
+    async def after(point: int, completed: bool) -> None:
+        outcomes.append(completed)
 
-        cancelled = await cancel_at_each_suspension(operation, by=by, after_each=after)
-        assert cancelled >= 1
-        assert outcomes == [False] * cancelled + [True]
-        assert log == ["done", "undone"] * cancelled + ["done"], by
+    cancelled = await cancel_at_each_suspension(operation, by=by, after_each=after)
+    assert cancelled >= 1
+    assert outcomes == [False] * cancelled + [True]
+    assert log == ["done", "undone"] * cancelled + ["done"]
 
 
 async def test_cancel_at_each_suspension_counts_every_point() -> None:
@@ -171,10 +172,8 @@ async def test_cancel_at_each_suspension_counts_every_point() -> None:
 
 async def test_cancel_at_each_suspension_refuses_an_operation_that_swallows_it() -> None:
     async def swallows() -> None:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(1)
-        except asyncio.CancelledError:
-            pass
 
     async def after(point: int, completed: bool) -> None:
         pass
