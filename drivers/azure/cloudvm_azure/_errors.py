@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 from azure.core.exceptions import HttpResponseError
 
 from cloudvm import CapacityError, CloudError, QuotaError, RateLimitError
 
-__all__ = ["Backoff", "error_code", "map_error", "retry_after"]
+__all__ = ["Backoff", "QuotaGroupError", "error_code", "map_error", "retry_after"]
 
 _QUOTA_CODES = frozenset({"quotaexceeded", "resourcequotaexceeded", "spotquotaexceeded"})
 # OperationNotAllowed also means other things (a disk still attached, ...):
 # only its quota messages are quota errors.
 _QUOTA_WORDS = ("quota", "cores", "vcpu", "limit")
+# A quota of one VM family ("exceeding approved standardDASv5Family Cores
+# quota") or of spot capacity ("Low-priority vCPUs", "LowPriorityCores"), as
+# opposed to the region's total ("Total Regional Cores quota"): sizes of other
+# quota groups (InstanceSet.instance_quota_group) may still be created.
+_GROUP_QUOTA = re.compile(
+    r"\b(?:standard|basic)\w*family\b|\blow[ -]?priority",
+    re.IGNORECASE,
+)
 # code -> (instance_type_specific, quota_group_specific)
 _CAPACITY_CODES = {
     "allocationfailed": (True, False),
@@ -27,6 +36,14 @@ _CAPACITY_CODES = {
 
 BACKOFF_MIN = 1.0  # seconds, the first wait when Azure names none
 BACKOFF_MAX = 60.0  # seconds
+
+
+class QuotaGroupError(QuotaError, CapacityError):
+    """A quota of one quota group is used up: a VM family's cores
+    (``standardDASv5Family``) or the region's spot (``lowPriority``) cores.
+    Nothing more of that group can be made until something is destroyed
+    (a QuotaError), but sizes of other groups may still succeed (a
+    CapacityError with ``quota_group_specific``)."""
 
 
 class Backoff:
@@ -112,6 +129,10 @@ def map_error(exc: HttpResponseError, *, kind: str, backoff: Backoff, what: str)
     if lowered in _QUOTA_CODES or (
         lowered == "operationnotallowed" and any(w in message.lower() for w in _QUOTA_WORDS)
     ):
+        if lowered == "spotquotaexceeded" or _GROUP_QUOTA.search(message):
+            return QuotaGroupError(
+                text, instance_type_specific=False, quota_group_specific=True, code=code
+            )
         return QuotaError(text, code=code)
     if lowered in _CAPACITY_CODES:
         type_specific, group_specific = _CAPACITY_CODES[lowered]

@@ -73,24 +73,58 @@ async def test_429_while_polling_a_long_running_operation(
     arm.resources.clear()
 
 
-async def test_quota_409_on_vm_put_deletes_the_nic_at_once(
+# ARM's answers to a VM PUT over a cores quota, in the wire format Azure
+# uses (409 OperationNotAllowed; azure-core raises it as ResourceExistsError).
+_DETAILS = (
+    "Additional details - Deployment Model: Resource Manager, Location: westeurope, "
+    "Current Limit: 16, Current Usage: 14, Additional Required: 4, "
+    "(Minimum) New Limit Required: 18. Submit a request for Quota increase at "
+    "https://aka.ms/ProdportalCRP/#blade/Microsoft_Azure_Capacity/UsageAndQuota.ReactView"
+)
+FAMILY_QUOTA = (
+    "Operation could not be completed as it results in exceeding approved "
+    f"standardDASv5Family Cores quota. {_DETAILS}"
+)
+REGIONAL_QUOTA = (
+    "Operation could not be completed as it results in exceeding approved "
+    f"Total Regional Cores quota. {_DETAILS}"
+)
+SPOT_QUOTA = (
+    "Operation could not be completed as it results in exceeding approved "
+    f"Total Regional Low-priority vCPUs quota. {_DETAILS}"
+)
+
+
+async def test_regional_quota_409_is_a_plain_quota_error_and_deletes_the_nic(
     arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
 ) -> None:
-    arm.inject(
-        "PUT",
-        "/virtualMachines/",
-        409,
-        "OperationNotAllowed",
-        "Operation could not be completed as it results in exceeding approved "
-        "standardDSv5Family Cores quota.",
-    )
+    arm.inject("PUT", "/virtualMachines/", 409, "OperationNotAllowed", REGIONAL_QUOTA)
     with pytest.raises(QuotaError) as caught:
         await iset.create(SMALL, IMAGE, {}, InitCommand(""), None)
     assert caught.value.code == "OperationNotAllowed"
+    # No size of any family can be made in the region: not a capacity hint.
     assert not isinstance(caught.value, CapacityError)
     # The VM was refused outright: only the NIC needs deleting.
     deletes = [r.path.split("/")[-2] for r in arm.requests if r.method == "DELETE"]
     assert deletes == ["networkInterfaces"]
+    assert_nothing_left(arm)
+
+
+@pytest.mark.parametrize("message", [FAMILY_QUOTA, SPOT_QUOTA], ids=["family", "spot"])
+async def test_a_quota_group_409_is_a_quota_error_specific_to_the_group(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet, message: str
+) -> None:
+    arm.inject("PUT", "/virtualMachines/", 409, "OperationNotAllowed", message)
+    with pytest.raises(QuotaError) as caught:
+        await iset.create(SMALL, IMAGE, {}, InitCommand(""), None)
+    error = caught.value
+    assert error.code == "OperationNotAllowed"
+    # Both at once: nothing more of this group until something is destroyed,
+    # but sizes of other quota groups may still succeed.
+    assert isinstance(error, CapacityError)
+    assert error.quota_group_specific is True
+    assert error.instance_type_specific is False
+    assert "Cores quota" in str(error) or "vCPUs quota" in str(error)
     assert_nothing_left(arm)
 
 
