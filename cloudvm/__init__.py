@@ -36,6 +36,16 @@ from ._types import InstanceSetID as InstanceSetID
 from ._types import InstanceTags as InstanceTags
 from ._types import InstanceType as InstanceType
 from ._types import SharedResourceTags as SharedResourceTags
+from .pool import IdleBehavior as IdleBehavior
+from .pool import LeasedWorker as LeasedWorker
+from .pool import PoolClock as PoolClock
+from .pool import PoolConfig as PoolConfig
+from .pool import PoolEvent as PoolEvent
+from .pool import PoolEventKind as PoolEventKind
+from .pool import Worker as Worker
+from .pool import WorkerLost as WorkerLost
+from .pool import WorkerPool as WorkerPool
+from .pool import WorkerState as WorkerState
 
 try:
     __version__ = _version("aiocloudvm")
@@ -51,6 +61,7 @@ __all__ = [
     "Executor",
     "ExecutorTarget",
     "HostKeyError",
+    "IdleBehavior",
     "ImageID",
     "InitCommand",
     "Instance",
@@ -61,11 +72,20 @@ __all__ = [
     "InstanceSetID",
     "InstanceTags",
     "InstanceType",
+    "LeasedWorker",
+    "PoolClock",
+    "PoolConfig",
+    "PoolEvent",
+    "PoolEventKind",
     "QuotaError",
     "RateLimitError",
     "ResiliencePolicy",
     "SSHExecutor",
     "SharedResourceTags",
+    "Worker",
+    "WorkerLost",
+    "WorkerPool",
+    "WorkerState",
     "__version__",
     "available_drivers",
     "driver_func",
