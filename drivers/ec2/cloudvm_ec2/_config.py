@@ -66,6 +66,10 @@ class EC2Config(pydantic.BaseModel):
                                      so never a second instance)
     ``metadata_timeout``             seconds per metadata request during
                                      ``verify_host_key``
+    ``set_tags_timeout``             seconds ``set_tags`` keeps repeating its
+                                     second call (throttled, or no answer)
+                                     before putting the old tags back (and as
+                                     long again for that)
     ================================ ==========================================
     """
 
@@ -93,6 +97,7 @@ class EC2Config(pydantic.BaseModel):
     read_timeout: float = pydantic.Field(default=60.0, gt=0.0)
     lost_response_retries: int = pydantic.Field(default=2, ge=0, le=10)
     metadata_timeout: float = pydantic.Field(default=10.0, gt=0.0)
+    set_tags_timeout: float = pydantic.Field(default=30.0, gt=0.0)
 
     @pydantic.field_validator("subnet_ids")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import re
 import secrets
@@ -24,6 +25,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cloudvm import (
     CloudError,
+    HostKeyError,
     ImageID,
     InitCommand,
     Instance,
@@ -33,6 +35,7 @@ from cloudvm import (
     InstanceSetID,
     InstanceTags,
     InstanceType,
+    RateLimitError,
     SharedResourceTags,
     driver_func,
 )
@@ -44,6 +47,7 @@ from cloudvm.driverkit import (
     InstanceSetBase,
     new_secret,
     parse_config,
+    run_critical,
     validate_init_command,
     validate_tags,
     verify_with_imdsv2,
@@ -62,6 +66,7 @@ from ._keys import aws_fingerprints, key_pair_name, public_key_material
 from ._metrics import EC2Metrics
 from ._prices import SpotPriceCache, normalize_prices, scratch_price_per_hour
 from ._quota import QUOTA_GROUPS, quota_group
+from ._tags import TagChange, plan_tag_change
 
 if TYPE_CHECKING:
     import prometheus_client
@@ -131,6 +136,11 @@ def _escape_filter_value(value: str) -> str:
 def _format_price(price: float) -> str:
     # EC2 wants a plain decimal, never an exponent ("1e-05").
     return f"{price:.6f}".rstrip("0").rstrip(".")
+
+
+def _answered(exc: CloudError) -> bool:
+    """False when the call got no answer (it may have been applied or not)."""
+    return not (isinstance(exc, EC2APIError) and exc.code is None)
 
 
 def _error_detail(exc: CloudError) -> tuple[str, str]:
@@ -218,7 +228,18 @@ class EC2Instance:
         Reads the instance's current tags first, so that keys added elsewhere
         since this snapshot are removed too, and refuses (CloudError) to touch
         an instance that does not carry this set's id. Invalid tags raise
-        ValueError before any call. After an error the tags may be old or new.
+        ValueError before any call.
+
+        Only what differs is sent: CreateTags for new and changed values,
+        then DeleteTags for keys that go. Once the first call is made, the
+        second is made too, even if the caller is cancelled meanwhile (the
+        cancellation is re-raised after it). If the second call is throttled
+        or gets no answer, it is repeated (after EC2's hold-off) for up to
+        ``set_tags_timeout`` seconds; if it still fails, or EC2 refuses it,
+        the old tags are put back and the error raised. So after any error or
+        cancellation the instance has its old tags or its new ones; only if
+        putting the old ones back fails too does the CloudError raised say
+        that it has neither.
         """
         checked = self._set._checked_tags(tags, field="tags")
         await self._set._replace_tags(self._id, checked)
@@ -252,15 +273,21 @@ class EC2Instance:
         in ``secret_storage="user-data"`` mode), compared in constant time
         with the secret this instance was created with.
 
-        Raises HostKeyError if the answers differ or cannot be read, and
-        NotImplementedError without a connection or for an instance that has
-        no secret (one this driver did not create).
+        Raises HostKeyError if the answers differ or cannot be read, and for
+        an instance of the set that has no secret or an empty one (one this
+        driver did not create: anyone may tag an instance into the set, and
+        nothing proves such a host). Raises NotImplementedError without a
+        connection.
         """
         expected = self._all_tags.get(SECRET_TAG)
-        if conn is None or not expected:
+        if not expected:
+            raise HostKeyError(
+                f"{self}: the instance has no secret (its {SECRET_TAG} tag is missing or "
+                "empty: this driver did not create it), so no host can be proven to be it"
+            )
+        if conn is None:
             raise NotImplementedError(
-                f"{self}: EC2 host keys are verified only through a live connection, "
-                "for instances created with a secret"
+                f"{self}: EC2 host keys are verified only through a live connection"
             )
         config = self._set._config
         user_data_mode = config.secret_storage != "tag"
@@ -699,23 +726,102 @@ class EC2InstanceSet(InstanceSetBase):
                 f"EC2 instance {instance_id} does not carry this InstanceSet's id "
                 "(gone, or another set's); its tags are left alone"
             )
-        stale = [k for k in current if not k.startswith(RESERVED_TAG_PREFIX) and k not in tags]
-        if tags:
-            await self._call(
-                "CreateTags",
-                CallKind.OTHER,
-                self._client.create_tags,
-                Resources=[instance_id],
-                Tags=_tag_list(tags),
+        old = {k: v for k, v in current.items() if not k.startswith(RESERVED_TAG_PREFIX)}
+        forward, back = plan_tag_change(old, tags)
+        # Once the first call is made, the second must follow (or the first
+        # be undone) whoever cancels the caller.
+        await run_critical(lambda: self._change_tags(instance_id, forward, back))
+
+    async def _change_tags(
+        self, instance_id: InstanceID, forward: TagChange, back: TagChange
+    ) -> None:
+        """Apply ``forward`` (CreateTags, then DeleteTags); if the second call
+        cannot be made, or the first may have been applied without an answer,
+        repeat it until ``set_tags_timeout``, then apply ``back``."""
+        steps = self._tag_steps(instance_id, forward)
+        if not steps:
+            return
+        try:
+            await steps[0]()
+        except CloudError as exc:
+            # One call is all or nothing, and a refused call changed nothing.
+            if len(steps) == 1 or _answered(exc):
+                raise
+        else:
+            steps = steps[1:]
+        timeout = self._config.set_tags_timeout
+        try:
+            await self._persist(steps, anyio.current_time() + timeout)
+        except CloudError as exc:
+            if exc.code in _GONE_CODES:
+                raise
+            self._logger.warning(
+                "EC2 instance %s: cannot finish replacing its tags (%s); putting the old ones back",
+                instance_id,
+                exc,
+                extra={"instance_id": instance_id, "instance_set_id": self._id},
             )
-        if stale:
-            await self._call(
-                "DeleteTags",
-                CallKind.OTHER,
-                self._client.delete_tags,
-                Resources=[instance_id],
-                Tags=[{"Key": k} for k in stale],
+            try:
+                await self._persist(
+                    self._tag_steps(instance_id, back), anyio.current_time() + timeout
+                )
+            except CloudError as undo_exc:
+                raise CloudError(
+                    f"EC2 instance {instance_id} has neither its old nor its new tags: "
+                    f"{exc}; putting the old ones back failed too: {undo_exc}",
+                    code=exc.code,
+                ) from exc
+            raise
+
+    def _tag_steps(
+        self, instance_id: InstanceID, change: TagChange
+    ) -> list[Callable[[], Awaitable[_Response]]]:
+        steps: list[Callable[[], Awaitable[_Response]]] = []
+        if change.put:
+            steps.append(
+                functools.partial(
+                    self._call,
+                    "CreateTags",
+                    CallKind.OTHER,
+                    self._client.create_tags,
+                    Resources=[instance_id],
+                    Tags=_tag_list(change.put),
+                )
             )
+        if change.drop:
+            steps.append(
+                functools.partial(
+                    self._call,
+                    "DeleteTags",
+                    CallKind.OTHER,
+                    self._client.delete_tags,
+                    Resources=[instance_id],
+                    Tags=[{"Key": k} for k in change.drop],
+                )
+            )
+        return steps
+
+    async def _persist(
+        self, steps: list[Callable[[], Awaitable[_Response]]], deadline: float
+    ) -> None:
+        """Make each (idempotent) call in turn, repeating one that was
+        throttled (after EC2's hold-off) or got no answer, as long as the
+        repeat can start before ``deadline``."""
+        for step in steps:
+            while True:
+                try:
+                    await step()
+                    break
+                except RateLimitError as exc:
+                    error: CloudError = exc
+                    wait = (exc.earliest_retry - datetime.now(UTC)).total_seconds()
+                except CloudError as exc:
+                    if _answered(exc):
+                        raise
+                    error, wait = exc, _LOST_RESPONSE_PAUSE
+                if anyio.current_time() + wait > deadline:
+                    raise error
+                await anyio.sleep(max(wait, 0.0))
 
     async def _terminate(self, instance_id: InstanceID) -> None:
         self._check_open()

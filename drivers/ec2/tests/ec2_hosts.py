@@ -22,15 +22,22 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 
 from cloudvm import Instance
+from cloudvm.driverkit import RESERVED_TAG_PREFIX
 from cloudvm.testing import HostBoot, HostedDriver, IMDSv2Service
 
-__all__ = ["ec2_boot", "hosted_driver", "tags_from_moto"]
+__all__ = ["ec2_boot", "hosted_driver", "tags_from_moto", "user_tags_in_moto"]
 
 
 def tags_from_moto(instance_id: str) -> Callable[[], Mapping[str, str]]:
     """The instance's tags as moto's backend (in this process) holds them at
     each call, as EC2's IMDS serves them with InstanceMetadataTags enabled."""
     return lambda: dict(ec2_backends[DEFAULT_ACCOUNT_ID][REGION].tags.get(instance_id, {}))
+
+
+def user_tags_in_moto(instance_id: str) -> dict[str, str]:
+    """The instance's tags in moto now, cloudvm's own ``cloudvm-*`` ones left out."""
+    tags = tags_from_moto(instance_id)()
+    return {k: v for k, v in tags.items() if not k.startswith(RESERVED_TAG_PREFIX)}
 
 
 def ec2_boot(moto_url: str) -> Callable[[Instance], Awaitable[HostBoot]]:

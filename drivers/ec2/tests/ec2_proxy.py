@@ -8,8 +8,8 @@
 - It enforces ClientToken idempotency for RunInstances, which moto ignores: a
   repeat with the same token and parameters gets the first answer again; a
   repeat with other parameters gets IdempotentParameterMismatch.
-- It can hold a request for a while before forwarding it, so that a test can
-  cancel the caller mid-call.
+- It can hold a request for a while before forwarding it, or until the test
+  releases it, so that a test can cancel the caller mid-call.
 - It answers a second TerminateInstances of an instance as EC2 does (a
   success), where moto fails with InvalidNetworkInterfaceID.NotFound.
 - It records every request's Action and parameters, in order.
@@ -31,7 +31,7 @@ from typing import Self
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
-__all__ = ["EC2FaultProxy", "Recorded", "error_xml"]
+__all__ = ["EC2FaultProxy", "Hold", "Recorded", "error_xml"]
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 _THROTTLE_STATUS = {"RequestLimitExceeded": 503, "Throttling": 400, "ThrottlingException": 400}
@@ -54,6 +54,25 @@ class Recorded:
     action: str
     params: Mapping[str, str]
     answer: str  # "moto", "error:<code>", "canned", "lost", "replayed"
+    at: float  # time.monotonic() when the proxy received it
+
+
+class Hold:
+    """A request held by :meth:`EC2FaultProxy.hold`: :attr:`arrived` is set
+    when it reaches the proxy, which forwards it to moto once
+    :meth:`release` is called (or after ``timeout`` seconds at most)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+        self._timeout = timeout
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _wait(self) -> None:
+        self.arrived.set()
+        self._released.wait(self._timeout)
 
 
 @dataclasses.dataclass
@@ -61,11 +80,12 @@ class _Rule:
     action: str
     when: Callable[[Mapping[str, str]], bool] | None
     times: int | None  # None: forever
-    kind: str  # "error", "canned", "lose", "delay"
+    kind: str  # "error", "canned", "lose", "delay", "hold"
     status: int = 200
     body: bytes = b""
     code: str = ""
     delay: float = 0.0
+    hold: Hold | None = None
 
     def matches(self, action: str, params: Mapping[str, str]) -> bool:
         if action != self.action or self.times == 0:
@@ -131,6 +151,15 @@ class EC2FaultProxy:
         with self._lock:
             self._rules.append(_Rule(action, None, times, "delay", delay=seconds))
 
+    def hold(self, action: str, *, timeout: float = 30.0) -> Hold:
+        """Hold the next request for ``action`` until the returned
+        :class:`Hold` is released, then forward it to moto (whether or not
+        the caller still waits for the answer)."""
+        hold = Hold(timeout)
+        with self._lock:
+            self._rules.append(_Rule(action, None, 1, "hold", hold=hold))
+        return hold
+
     def actions(self) -> list[str]:
         """The Actions received, in order."""
         with self._lock:
@@ -185,6 +214,7 @@ class EC2FaultProxy:
         self.stop()
 
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        received = time.monotonic()
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
@@ -196,28 +226,31 @@ class EC2FaultProxy:
         kind = rule.kind if rule is not None else "forward"
         if kind == "error":
             assert rule is not None
-            self._record(action, params, f"error:{rule.code}")
+            self._record(action, params, f"error:{rule.code}", received)
             self._reply(handler, rule.status, rule.body)
             return
         if kind == "canned":
             assert rule is not None
-            self._record(action, params, "canned")
+            self._record(action, params, "canned", received)
             self._reply(handler, rule.status, rule.body)
             return
         if kind == "delay":
             assert rule is not None
             time.sleep(rule.delay)
+        if kind == "hold":
+            assert rule is not None and rule.hold is not None
+            rule.hold._wait()
         status, headers, answer, how = self._forward(handler, body, action, params)
         if kind == "lose":
-            self._record(action, params, "lost")
+            self._record(action, params, "lost", received)
             handler.close_connection = True  # the client sees the connection drop
             return
-        self._record(action, params, how)
+        self._record(action, params, how, received)
         self._reply(handler, status, answer, headers)
 
-    def _record(self, action: str, params: Mapping[str, str], answer: str) -> None:
+    def _record(self, action: str, params: Mapping[str, str], answer: str, received: float) -> None:
         with self._lock:
-            self.requests.append(Recorded(action, dict(params), answer))
+            self.requests.append(Recorded(action, dict(params), answer, received))
 
     def _forward(
         self,

@@ -16,7 +16,7 @@ from ec2_hosts import tags_from_moto
 from ec2_support import MakeSet, World, itype
 
 import cloudvm
-from cloudvm.driverkit import SECRET_TAG, metadata_client
+from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG, metadata_client
 from cloudvm.testing import (
     HTTPRequest,
     HTTPResponse,
@@ -194,3 +194,47 @@ async def test_without_a_connection_verification_is_not_implemented(
     instance = await new_instance(await make_set(), world, client_key)
     with pytest.raises(NotImplementedError):
         await instance.verify_host_key(client_key, None)
+
+
+def tag_into_the_set(world: World, secret: str | None) -> str:
+    """An instance someone else launched and tagged with the set's id: with
+    no secret tag, or with the given one."""
+    tags = [{"Key": SET_ID_TAG, "Value": "test-set"}]
+    if secret is not None:
+        tags.append({"Key": SECRET_TAG, "Value": secret})
+    answer = world.ec2.run_instances(
+        ImageId=world.image_id,
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=world.subnet_ids[0],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )
+    instance_id: str = answer["Instances"][0]["InstanceId"]
+    return instance_id
+
+
+@pytest.mark.parametrize("secret", [None, ""])
+async def test_an_instance_without_a_secret_is_never_trusted(
+    secret: str | None, make_set: MakeSet, world: World, client_key: asyncssh.SSHKey
+) -> None:
+    instance_id = tag_into_the_set(world, secret)
+    [listed] = await (await make_set()).instances()
+    assert listed.id == instance_id
+    # The host answers truthfully for that instance, empty secret included.
+    imds = IMDSv2Service(instance_id, tags_from_moto(instance_id))
+    async with (
+        SSHTestServer(authorized_keys=[client_key], metadata=imds) as server,
+        connect(server, client_key) as conn,
+    ):
+        with pytest.raises(cloudvm.HostKeyError, match="no secret"):
+            await listed.verify_host_key(server.host_key, conn)
+    # Trust on first use would trust a NotImplementedError; it must not here.
+    async with (
+        SSHTestServer(authorized_keys=[client_key], metadata=imds) as server,
+        cloudvm.SSHExecutor(
+            RedirectedTarget(listed, server.address), signers=[client_key], trust_on_first_use=True
+        ) as executor,
+    ):
+        with pytest.raises(cloudvm.HostKeyError):
+            await executor.execute("echo ok")
+    assert server.commands == []
