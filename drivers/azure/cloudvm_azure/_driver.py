@@ -45,6 +45,7 @@ from cloudvm.driverkit import (
     metadata_client,
     new_secret,
     parse_config,
+    run_critical,
     validate_init_command,
     validate_tags,
 )
@@ -62,6 +63,7 @@ CREATED_AT_TAG = "cloudvm-created-at"
 IMDS_API_VERSION = "2021-02-01"
 IMDS_TIMEOUT = 30.0  # seconds for the whole metadata exchange
 CLEANUP_TIMEOUT = 300.0  # seconds a failed create may spend deleting what it made
+CRITICAL_TIMEOUT = 300.0  # seconds a step of create that must finish may take
 _SWEEP_ERROR_DELAY = 5.0  # seconds before the next sweep after a failed one
 # Standard_E8as_v5 -> ("E", "as", "_v5")
 _SIZE = re.compile(r"^(?:Standard|Basic)_([A-Za-z]+)\d+(?:-\d+)?([a-z]*)(?:_([A-Za-z0-9]+))*$")
@@ -367,37 +369,41 @@ class AzureInstanceSet(InstanceSetBase):
                 ]
             },
         }
-        with self._metrics.observe("create_nic"), self._calling("create", "creating a NIC"):
-            nic_poller = await self._network.network_interfaces.begin_create_or_update(
-                self._group, nic_name, cast(Any, nic_body)
+        # Each step that makes something runs to its end whatever cancellation
+        # arrives (run_critical), so that what it made is known: a cancelled
+        # NIC creation deletes the NIC again; a VM PUT either made a VM that
+        # holds the NIC, or was refused and the NIC is deleted. Only waiting
+        # for the VM's provisioning may be cut short: the VM is tagged, and
+        # listed, from its PUT on.
+        with self._metrics.observe("create_nic"):
+            nic = await run_critical(
+                lambda: self._create_nic(nic_name, nic_body),
+                rollback=lambda _: self._cleanup_failed(None, nic_name, "a cancelled create"),
             )
-            nic = _plain(await nic_poller.result())
         vm_body = self._vm_body(vm_name, nic, itype, image, checked_tags, checked_init, key_data)
         vm_body["tags"] = {**checked_tags, **ours, SECRET_TAG: new_secret()}
-        accepted = False
-        try:
-            with self._metrics.observe("create"), self._calling("create", "creating a VM"):
-                poller = await self._compute.virtual_machines.begin_create_or_update(
-                    self._group, vm_name, cast(Any, vm_body)
-                )
-                accepted = True
-                vm = _plain(await poller.result())
-        except CloudError as exc:
-            cause = exc.__cause__
-            # A status of the operation that says Failed arrives in a 2xx poll
-            # answer; a throttled or broken poll leaves the VM's fate unknown.
-            failed = isinstance(cause, HttpResponseError) and (cause.status_code or 0) < 300
-            if not accepted or failed:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                    await self._cleanup_failed(vm_name if accepted else None, nic_name)
-            else:
-                self._logger.warning(
-                    "VM %s was accepted but its creation could not be followed; "
-                    "a later listing shows it if it exists",
-                    vm_name,
-                    extra={"instance_id": vm_name, "instance_set_id": self._id},
-                )
-            raise
+        with self._metrics.observe("create"):
+            poller = await run_critical(lambda: self._put_vm(vm_name, vm_body, nic_name))
+            try:
+                with self._calling("create", "creating a VM"):
+                    vm = _plain(await poller.result())
+            except CloudError as exc:
+                cause = exc.__cause__
+                # A status of the operation that says Failed arrives in a 2xx
+                # poll answer; a throttled or broken poll leaves the VM's fate
+                # unknown, and the VM to a later listing.
+                if isinstance(cause, HttpResponseError) and (cause.status_code or 0) < 300:
+                    await run_critical(
+                        lambda: self._cleanup_failed(vm_name, nic_name, "a failed create")
+                    )
+                else:
+                    self._logger.warning(
+                        "VM %s was accepted but its creation could not be followed; "
+                        "a later listing shows it if it exists",
+                        vm_name,
+                        extra={"instance_id": vm_name, "instance_set_id": self._id},
+                    )
+                raise
         await self._tag_disks(vm)
         self._logger.info(
             "created azure VM %s",
@@ -477,26 +483,69 @@ class AzureInstanceSet(InstanceSetBase):
             properties["billingProfile"] = {"maxPrice": -1}
         return {"location": config.location, "properties": properties}
 
-    async def _cleanup_failed(self, vm_name: str | None, nic_name: str) -> None:
-        """Delete what a failed create made: the VM when Azure accepted it
-        (a failed operation leaves it in state Failed, holding the NIC), then
-        the NIC, at once, since NICs count against quota."""
+    async def _create_nic(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create the NIC and wait until it exists (a critical section: at
+        most CRITICAL_TIMEOUT seconds)."""
+        with self._calling("create", "creating a NIC"), _bounded("creating a NIC"):
+            poller = await self._network.network_interfaces.begin_create_or_update(
+                self._group, name, cast(Any, body)
+            )
+            return _plain(await poller.result())
+
+    async def _put_vm(self, vm_name: str, body: dict[str, Any], nic_name: str) -> Any:
+        """Ask Azure for the VM (a critical section): returns the poller of
+        its creation. When Azure refuses, or the answer is lost, deletes the
+        NIC at once (NICs count against quota; one a VM took is kept by it),
+        then raises the mapped error."""
         try:
-            if vm_name is not None:
-                with self._calling("destroy", "deleting a failed VM"):
-                    poller = await self._compute.virtual_machines.begin_delete(self._group, vm_name)
-                    await poller.result()
-            with self._calling("destroy", "deleting the NIC of a failed VM"):
-                nic_poller = await self._network.network_interfaces.begin_delete(
-                    self._group, nic_name
+            with self._calling("create", "creating a VM"), _bounded("creating a VM"):
+                return await self._compute.virtual_machines.begin_create_or_update(
+                    self._group, vm_name, cast(Any, body)
                 )
-                await nic_poller.result()
+        except CloudError:
+            await self._cleanup_failed(None, nic_name, "a failed create")
+            raise
+
+    async def _cleanup_failed(self, vm_name: str | None, nic_name: str, why: str) -> None:
+        """Delete what a failed or cancelled create made: the VM when Azure
+        accepted it (a failed operation leaves it in state Failed, holding
+        the NIC), then the NIC, at once, since NICs count against quota.
+        Never raises a CloudError (logs it: the sweep retries the NIC); takes
+        at most CLEANUP_TIMEOUT seconds."""
+        extra = {"instance_id": vm_name or nic_name, "instance_set_id": self._id}
+        try:
+            with anyio.fail_after(CLEANUP_TIMEOUT):
+                if vm_name is not None:
+                    with self._calling("destroy", "deleting a failed VM"):
+                        poller = await self._compute.virtual_machines.begin_delete(
+                            self._group, vm_name
+                        )
+                        await poller.result()
+                with self._calling("destroy", "deleting the NIC of a VM not made"):
+                    nic_poller = await self._network.network_interfaces.begin_delete(
+                        self._group, nic_name
+                    )
+                    await nic_poller.result()
         except CloudError as exc:
+            if exc.code == "NicInUse":
+                # The VM whose answer was lost exists and holds the NIC: both
+                # are tagged, and listed.
+                self._logger.info("NIC %s is in use by its VM; kept", nic_name, extra=extra)
+                return
             self._logger.warning(
-                "could not clean up after a failed create of %s (the sweep will retry): %s",
-                vm_name,
+                "could not clean up after %s of %s (the sweep will retry): %s",
+                why,
+                vm_name or nic_name,
                 exc,
-                extra={"instance_id": vm_name, "instance_set_id": self._id},
+                extra=extra,
+            )
+        except TimeoutError:
+            self._logger.warning(
+                "could not clean up after %s of %s within %s s (the sweep will retry)",
+                why,
+                vm_name or nic_name,
+                CLEANUP_TIMEOUT,
+                extra=extra,
             )
 
     async def _tag_disks(self, vm: dict[str, Any]) -> None:
@@ -659,17 +708,31 @@ class AzureInstanceSet(InstanceSetBase):
         self._logger.info("deleted dangling %s %s", what, name, extra={"instance_set_id": self._id})
 
     async def _stop(self) -> None:
+        # To its end whatever cancellation arrives: a half-stopped set would
+        # leave its sweep running or its HTTP sessions open.
+        await run_critical(self._release)
+
+    async def _release(self) -> None:
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             sweeper.cancel()
-            # wait() does not re-raise the sweeper's CancelledError, while a
-            # cancellation of stop() itself still propagates.
+            # wait() does not re-raise the sweeper's CancelledError.
             await asyncio.wait([sweeper])
-        with anyio.CancelScope(shield=True):
-            await self._compute.close()
-            await self._network.close()
-            if self._owns_credential:
-                await self._credential.close()
+        await self._compute.close()
+        await self._network.close()
+        if self._owns_credential:
+            await self._credential.close()
+
+
+@contextlib.contextmanager
+def _bounded(what: str) -> Iterator[None]:
+    """At most CRITICAL_TIMEOUT seconds for a step that must finish; then a
+    CloudError (what the step made is tagged, and left to the sweep)."""
+    try:
+        with anyio.fail_after(CRITICAL_TIMEOUT):
+            yield
+    except TimeoutError:
+        raise CloudError(f"{what}: no answer within {CRITICAL_TIMEOUT:g} s") from None
 
 
 def _nic_address(nic: Mapping[str, Any]) -> str:

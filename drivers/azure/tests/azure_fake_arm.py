@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -114,6 +115,16 @@ class _Operation:
     on_done: Any  # a callable run once when the operation ends
     error: tuple[str, str] | None = None
     done: bool = False
+
+
+def _connection_tasks() -> list[asyncio.Task[Any]]:
+    """The tasks in which aiohttp serves a connection (one per connection)."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done()
+        and getattr(task.get_coro(), "__qualname__", "") == "RequestHandler.start"
+    ]
 
 
 def _now() -> str:
@@ -224,6 +235,11 @@ class FakeARM:
         """Make the next LRO started by a matching request end ``Failed``."""
         self._failures.append((method.upper(), path, code, message))
 
+    def clear_faults(self) -> None:
+        """Forget every injected error and pending operation failure."""
+        self.faults.clear()
+        self._failures.clear()
+
     def hold(self, method: str, path: str, *, skip: int = 0) -> Hold:
         """Stall matching requests, after the first ``skip`` of them, until
         the returned Hold is released."""
@@ -252,6 +268,19 @@ class FakeARM:
 
     def calls(self, method: str, pattern: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == method and re.search(pattern, r.path, re.I)]
+
+    async def settle(self, timeout: float = 20.0) -> None:
+        """Wait until the server handles no request and serves no connection.
+
+        Call it after every client has closed its connections: a request that
+        a cancelled client had already sent is then either answered or
+        dropped, never still to come. (aiohttp may still handle one request
+        it read just before the connection was lost, in the connection's own
+        task: so wait for those tasks, not only for :attr:`in_flight`.)
+        """
+        with anyio.fail_after(timeout):
+            while self.in_flight or _connection_tasks():  # noqa: ASYNC110 - server state
+                await anyio.sleep(0.005)
 
     # -- the server ---------------------------------------------------------
 

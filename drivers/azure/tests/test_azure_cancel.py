@@ -56,14 +56,18 @@ async def test_cancelled_create_leaves_only_tagged_resources(
             with anyio.fail_after(20):
                 await hold.reached.wait()
             tg.cancel_scope.cancel()
-        hold.release()
+            # A step that must finish (making the NIC, the VM's PUT) waits
+            # for its answer even when cancelled: let the server give it.
+            hold.release()
         arm.holds.remove(hold)
         # Let the held request finish on the server.
         await wait_until(lambda: arm.in_flight == 0)
 
+        vm_ids = {vm["id"].lower() for vm in arm.of_type(VM)}
         for resource in arm.of_type(VM) + arm.of_type(NIC):
             assert resource["tags"][SET_ID_TAG] == SET_ID
-        vm_ids = {vm["id"].lower() for vm in arm.of_type(VM)}
+        for nic in arm.of_type(NIC):  # none without its VM
+            assert str((nic["properties"]["virtualMachine"] or {}).get("id")).lower() in vm_ids
         for disk in arm.of_type(DISK):
             tagged = (disk.get("tags") or {}).get(SET_ID_TAG) == SET_ID
             assert tagged or str(disk.get("managedBy")).lower() in vm_ids
