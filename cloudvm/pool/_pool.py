@@ -747,6 +747,7 @@ class WorkerPool:
             return
         if self._leasable(record):
             if record.id not in idle:
+                record.idle_since = self._clock.now()  # timeout_idle counts from here
                 idle[record.id] = record
                 self._dispatch(record.itype.name)
         else:
@@ -842,7 +843,7 @@ class WorkerPool:
             and record.idle_behavior is IdleBehavior.RUN
             and not record.suspect
         ):
-            times.append(record.since + cfg.timeout_idle)
+            times.append(record.idle_since + cfg.timeout_idle)
         return min(times, default=None)
 
     def _check(self, record: _WorkerRecord) -> None:
@@ -869,7 +870,7 @@ class WorkerPool:
                 state is WorkerState.IDLE
                 and record.idle_behavior is IdleBehavior.RUN
                 and not record.suspect
-                and now >= record.since + cfg.timeout_idle
+                and now >= record.idle_since + cfg.timeout_idle
                 and not self._waiters[record.itype.name]
             ):
                 self._shutdown(record, f"idle for timeout_idle ({cfg.timeout_idle} s)")

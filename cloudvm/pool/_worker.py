@@ -177,6 +177,7 @@ class _WorkerRecord:
         self.last_ok = now  # a booted worker's probe timeout counts from its boot
         self.failing = False
         self.suspect = False  # a lease broke: not leasable until a probe passes
+        self.idle_since = now  # when it last became leasable
         # the timer
         self.deadline: float | None = None
         # leases and tags

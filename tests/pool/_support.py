@@ -13,8 +13,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import anyio
 import asyncssh
@@ -32,6 +32,8 @@ from cloudvm.testing import FakeCloud
 
 from ..resilience._sim import SimClock, run_until, settle
 
+_T = TypeVar("_T")
+
 __all__ = [
     "BROKEN",
     "IMAGE",
@@ -42,6 +44,7 @@ __all__ = [
     "FakeExecutor",
     "FakeHosts",
     "SimClock",
+    "drive",
     "make_config",
     "make_pool",
     "run_to",
@@ -217,3 +220,16 @@ async def run_to(clock: SimClock, when: float) -> None:
 def seconds_since(clock: SimClock, wall: Any) -> float:
     """How long ago (on ``clock``) the UTC time ``wall`` was."""
     return float((clock.wall() - wall).total_seconds())
+
+
+async def drive(clock: SimClock, operation: Callable[[], Awaitable[_T]]) -> _T:
+    """Await ``operation()`` while moving the clock on whenever all else waits."""
+    result: list[_T] = []
+
+    async def run() -> None:
+        result.append(await operation())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await run_until(clock, lambda: bool(result))
+    return result[0]
