@@ -65,6 +65,12 @@ IMDS_TIMEOUT = 30.0  # seconds for the whole metadata exchange
 CLEANUP_TIMEOUT = 300.0  # seconds a failed create may spend deleting what it made
 CRITICAL_TIMEOUT = 300.0  # seconds a step of create that must finish may take
 _SWEEP_ERROR_DELAY = 5.0  # seconds before the next sweep after a failed one
+#: Azure's limit of tags on one resource.
+MAX_TAGS = 50
+#: Characters Azure refuses in tag names.
+FORBIDDEN_TAG_NAME_CHARS = frozenset("<>%&\\?/")
+_OWN_TAGS = (SET_ID_TAG, CREATED_AT_TAG)  # on every resource the set makes
+_OWN_VM_TAGS = (*_OWN_TAGS, SECRET_TAG)
 # Standard_E8as_v5 -> ("E", "as", "_v5")
 _SIZE = re.compile(r"^(?:Standard|Basic)_([A-Za-z]+)\d+(?:-\d+)?([a-z]*)(?:_([A-Za-z0-9]+))*$")
 
@@ -101,6 +107,26 @@ def _image_reference(image_id: str) -> dict[str, str]:
         "image_id must be a resource id (/subscriptions/...), a gallery id "
         "(/SharedGalleries/... or /CommunityGalleries/...) or publisher:offer:sku:version"
     )
+
+
+def _azure_tags(tags: object, *, room: int, field: str = "tags") -> InstanceTags:
+    """``validate_tags``, then what Azure itself refuses, before any call:
+    tag names holding any of ``< > % & \\ ? /``, and more tags than fit on
+    a resource beside the set's own (``room``). ValueError naming the key."""
+    checked = validate_tags(tags, field=field)
+    for key in checked:
+        bad = sorted(FORBIDDEN_TAG_NAME_CHARS.intersection(key))
+        if bad:
+            raise ValueError(
+                f"{field}: key {key[:40]!r} holds {' '.join(bad)}, which Azure "
+                "refuses in tag names (< > % & \\ ? /)"
+            )
+    if len(checked) > room:
+        raise ValueError(
+            f"{field}: {len(checked)} tags, but Azure allows {MAX_TAGS} on a resource "
+            f"and the set's own take {MAX_TAGS - room}: at most {room}"
+        )
+    return checked
 
 
 def _user_tags(tags: Mapping[str, str] | None) -> InstanceTags:
@@ -161,7 +187,7 @@ class AzureInstance:
     async def set_tags(self, tags: InstanceTags) -> None:
         """Replace the VM's tags with ``tags``, keeping the set's own tags
         (set id, secret, created-at). ValueError for bad tags before any call."""
-        checked = validate_tags(tags)
+        checked = _azure_tags(tags, room=MAX_TAGS - len(_OWN_VM_TAGS))
         kept = {k: v for k, v in self._all_tags.items() if k.startswith(RESERVED_TAG_PREFIX)}
         new = {**checked, **kept}
         await self._set._set_tags(self.id, new)
@@ -340,7 +366,7 @@ class AzureInstanceSet(InstanceSetBase):
         if not isinstance(image_id, str):
             raise TypeError(f"image_id must be a string, not {type(image_id).__name__}")
         image = _image_reference(image_id)
-        checked_tags = validate_tags(tags)
+        checked_tags = _azure_tags(tags, room=MAX_TAGS - len(_OWN_VM_TAGS))
         checked_init = validate_init_command(init_command)
         if public_key is not None and not isinstance(public_key, asyncssh.SSHKey):
             raise TypeError(
@@ -801,7 +827,7 @@ async def open_instance_set(
     parsed = parse_config(AzureConfig, config, driver="azure")
     if not isinstance(id, str) or not id:
         raise ValueError("the InstanceSetID must be a non-empty string")
-    shared = validate_tags(tags, field="shared resource tags")
+    shared = _azure_tags(tags, room=MAX_TAGS - len(_OWN_TAGS), field="shared resource tags")
     owns = credential is None
     instance_set = AzureInstanceSet(
         parsed,

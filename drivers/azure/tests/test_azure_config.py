@@ -125,6 +125,59 @@ async def test_bad_create_input_fails_before_any_call(
     assert arm.requests == []
 
 
+AZURE_REFUSED_NAMES = ["a<b", "a>b", "50%", "R&D", "back\\slash", "why?", "team/unit"]
+
+
+@pytest.mark.parametrize("key", AZURE_REFUSED_NAMES)
+async def test_tag_names_azure_refuses_fail_create_before_any_call(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet, key: str
+) -> None:
+    with pytest.raises(ValueError, match="refuses in tag names") as caught:
+        await iset.create(SMALL, IMAGE, {"ok": "1", key: "v"}, InitCommand(""), None)
+    assert repr(key) in str(caught.value)
+    assert arm.requests == []
+
+
+@pytest.mark.parametrize("key", AZURE_REFUSED_NAMES)
+async def test_tag_names_azure_refuses_fail_set_tags_before_any_call(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet, key: str
+) -> None:
+    instance = await iset.create(SMALL, IMAGE, {"job": "a"}, InitCommand(""), None)
+    arm.requests.clear()
+    with pytest.raises(ValueError, match="refuses in tag names") as caught:
+        await instance.set_tags({key: "v"})
+    assert repr(key) in str(caught.value)
+    assert arm.requests == []
+    assert instance.tags == {"job": "a"}
+    await instance.destroy()
+    assert_nothing_left(arm)
+
+
+async def test_shared_tag_names_azure_refuses_fail_before_any_call(
+    arm: FakeARM, credential: FakeCredential, logger: logging.Logger
+) -> None:
+    with pytest.raises(ValueError, match="shared resource tags: key 'cost/center'"):
+        await cloudvm_azure.open_instance_set(
+            make_config(arm), SET_ID, {"cost/center": "x"}, logger, credential=credential
+        )
+    assert arm.requests == []
+
+
+async def test_more_tags_than_azure_allows_fail_before_any_call(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    # 50 tags a resource, three of them the set's own (set id, created-at, secret).
+    many = {f"k{i}": "v" for i in range(48)}
+    with pytest.raises(ValueError, match="at most 47"):
+        await iset.create(SMALL, IMAGE, many, InitCommand(""), None)
+    assert arm.requests == []
+    del many["k0"]
+    instance = await iset.create(SMALL, IMAGE, many, InitCommand(""), None)
+    assert instance.tags == many
+    await instance.destroy()
+    assert_nothing_left(arm)
+
+
 async def test_stopped_set_refuses_calls(
     arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
 ) -> None:
