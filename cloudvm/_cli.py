@@ -10,26 +10,35 @@ Exit codes (scripts may rely on them):
 ===== ==================================================================
 0     success
 1     failure: conformance failed, no such instance, host unreachable,
-      timed out, confirmation declined
+      key refused, timed out, confirmation declined
 2     usage or config error (bad arguments, unreadable or invalid config,
-      unknown driver, invalid tags)
+      unknown driver, invalid tags, no cloud credentials found)
 3     cloud error (any CloudError but the two below)
 4     host key error: the SSH server could not be proven to be the instance
 N     ``exec``: the remote command's own exit status
-130   interrupted
+130   interrupted (Ctrl-C); what was left behind is said, with how to remove it
 ===== ==================================================================
 
 Expected errors print one line on stderr and no traceback. Config values are
-never printed (they may be credentials).
+never printed (they may be credentials). Text that neither the user nor
+cloudvm chose (tags, ids and addresses from the cloud, an unproven server's
+words in errors) is printed through :func:`cloudvm.driverkit.printable`, so
+it cannot carry terminal escape sequences; ``--json`` output escapes the same
+characters as JSON ``\\u`` escapes and stays valid JSON. ``exec`` is the
+exception: the remote command's own output is passed through unchanged, as
+OpenSSH's ``ssh`` does, once the host is proven.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import logging
+import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -38,10 +47,12 @@ from typing import Any, NoReturn, TextIO
 import anyio
 import asyncssh
 
+from ._delegating import DelegatingInstance
 from ._drivers import available_drivers, load_driver
 from ._errors import CloudError, ConfigError, ExecuteError, HostKeyError
 from ._executor import SSHExecutor
 from ._protocols import Instance, InstanceSet
+from ._text import printable
 from ._types import ImageID, InitCommand, InstanceID, InstanceSetID, InstanceTags, InstanceType
 
 __all__ = [
@@ -177,17 +188,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    p = sub.add_parser("exec", help="run a command on an instance over SSH")
+    p = sub.add_parser(
+        "exec",
+        help="run a command on an instance over SSH",
+        description="Run a command on an instance over SSH, once its host key is proven. "
+        "COMMAND and its arguments are joined with spaces into one command line "
+        "(as OpenSSH's ssh does), which the remote user's shell runs: quote what "
+        "that shell must see as one word, e.g. cloudvm exec ... ID -- 'echo \"a  b\"'. "
+        "Exits with the command's status.",
+    )
     _common(p, set_id_default=DEFAULT_SET_ID)
     p.add_argument("--key", type=Path, required=True, metavar="FILE", help="SSH private key")
-    p.add_argument("--timeout", type=_seconds, default=None, help="command timeout in seconds")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        help="seconds the command may run; then it is stopped (default: no limit)",
+    )
     p.add_argument(
         "--trust-on-first-use",
         action="store_true",
         help="accept the host key when the driver cannot verify it",
     )
     p.add_argument("instance_id", metavar="INSTANCE_ID")
-    p.add_argument("remote_command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    p.add_argument(
+        "remote_command",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND",
+        help="the command and its arguments (after --), joined with spaces",
+    )
 
     p = sub.add_parser("cloudtest", help="run the conformance kit; exit 0 if it passes")
     _common(p, set_id_default=None)
@@ -220,8 +249,8 @@ def _load_config(path: Path | None) -> Mapping[str, Any]:
             yaml = importlib.import_module("yaml")
         except ImportError:
             raise _UsageError(
-                f"{path} is YAML, which needs PyYAML. Install it with: pip install pyyaml "
-                "(or: pip install 'cloudvm[yaml]'), or give a JSON file"
+                f"{path} is YAML, which needs PyYAML. Install it with: "
+                "pip install 'aiocloudvm[yaml]' (or: pip install pyyaml), or give a JSON file"
             ) from None
         try:
             data = yaml.safe_load(text)
@@ -284,9 +313,84 @@ def _read_key(path: Path, *, public: bool) -> asyncssh.SSHKey:
 
 # -- output --------------------------------------------------------------------
 
+# Long enough for any tag (256 characters, escaped) or provider message.
+_SHOWN_CHARS = 2000
 
-def _tags_text(tags: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+
+def _safe(text: object) -> str:
+    """``text`` fit for a terminal: each line through :func:`printable`, so
+    nothing in it is a control or escape character but the line breaks."""
+    return "\n".join(printable(line, limit=_SHOWN_CHARS) for line in str(text).split("\n"))
+
+
+def _json_text(data: object) -> str:
+    """JSON for ``data`` that a terminal shows as it is: characters that
+    :func:`printable` would escape (C1 controls, DEL, bidi and other format
+    characters, which ``json`` leaves raw) become ``\\u`` escapes, so the
+    text stays valid JSON with the same values."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    # json escapes C0 controls itself; a raw newline here is indentation.
+    return "".join(
+        json.dumps(ch)[1:-1] if ch != "\n" and printable(ch) != ch else ch for ch in text
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _tags_text(tags: Mapping[str, str], sep: str = ",") -> str:
+    return sep.join(f"{k}={v}" for k, v in sorted(tags.items()))
+
+
+def _hint(*argv: str) -> str:
+    """A ``cloudvm`` command line for the user to paste: every word quoted
+    for a POSIX shell, so nothing in it (a tag like ``$(...)``) runs."""
+    return shlex.join(["cloudvm", *argv])
+
+
+def _set_options(args: argparse.Namespace) -> list[str]:
+    """The options that name the same set again: driver, config, set id."""
+    options = ["--driver", args.driver]
+    if args.config is not None:
+        options += ["--config", str(args.config)]
+    return [*options, "--set-id", args.set_id]
+
+
+class _StatusLine:
+    """One line of progress on a terminal, rewritten in place; nothing but
+    the first and last lines when ``out`` is not a terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._shown = 0  # characters on the line now
+
+    def start(self, text: str) -> None:
+        if self._tty:
+            self._replace(text)
+        else:
+            self._out.write(text + "\n")
+        self._out.flush()
+
+    def update(self, text: str) -> None:
+        if self._tty:
+            self._replace(text)
+            self._out.flush()
+
+    def finish(self, text: str) -> None:
+        if self._tty:
+            self._replace(text)
+            self._shown = 0
+        else:
+            self._out.write(text)
+        self._out.write("\n")
+        self._out.flush()
+
+    def _replace(self, text: str) -> None:
+        # Blank the old text first: a shorter line would leave its tail.
+        self._out.write("\r" + " " * self._shown + "\r" + text)
+        self._shown = len(text)
 
 
 def _as_json(instance: Instance) -> dict[str, Any]:
@@ -300,6 +404,7 @@ def _as_json(instance: Instance) -> dict[str, Any]:
 
 
 def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    rows = [[_safe(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -317,15 +422,19 @@ def _unique(instances: list[Instance]) -> list[Instance]:
 
 
 async def _cmd_list(args: argparse.Namespace) -> int:
+    tags = dict(args.tag)
     async with await _open_set(args) as iset:
-        instances = _unique(await iset.instances(dict(args.tag) or None))
+        instances = _unique(await iset.instances(tags or None))
     if args.json:
-        json.dump([_as_json(i) for i in instances], sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        print(_json_text([_as_json(i) for i in instances]))
     elif instances:
         rows = [("ID", "TYPE", "ADDRESS", "TAGS")]
         rows += [(i.id, i.provider_type, i.address or "-", _tags_text(i.tags)) for i in instances]
         _table(rows, sys.stdout)
+    else:
+        # On stderr: a script reading the table sees no rows, a person sees why.
+        where = f" with tags {_tags_text(tags, ' ')}" if tags else ""
+        print(_safe(f"no instances in set {args.set_id}{where}"), file=sys.stderr)
     return EXIT_OK
 
 
@@ -340,27 +449,23 @@ def _init_command(text: str) -> InitCommand:
 
 
 async def _wait_booted(iset: InstanceSet, instance_id: InstanceID, timeout: float) -> Instance:
-    tty = sys.stderr.isatty()
+    status = _StatusLine(sys.stderr)
+    shown_id = _safe(instance_id)
     started = anyio.current_time()
-    sys.stderr.write(f"waiting for {instance_id} to boot")
-    sys.stderr.write("" if tty else "\n")
-    sys.stderr.flush()
+    status.start(f"waiting for {shown_id} to boot")
     try:
         with anyio.fail_after(timeout):
             while True:
                 for instance in await iset.instances():
                     if instance.id == instance_id and instance.address:
                         return instance
-                if tty:
-                    elapsed = anyio.current_time() - started
-                    sys.stderr.write(f"\rwaiting for {instance_id} to boot ... {elapsed:.0f} s")
-                    sys.stderr.flush()
+                elapsed = anyio.current_time() - started
+                status.update(f"waiting for {shown_id} to boot ... {elapsed:.0f} s")
                 await anyio.sleep(0.2)
     except TimeoutError:
         raise _Failure(f"{instance_id} did not boot within {timeout:.0f} s") from None
     finally:
-        elapsed = anyio.current_time() - started
-        sys.stderr.write(f"{chr(13) if tty else ''}waited {elapsed:.1f} s for {instance_id}\n")
+        status.finish(f"waited {anyio.current_time() - started:.1f} s for {shown_id}")
 
 
 async def _cmd_create(args: argparse.Namespace) -> int:
@@ -368,30 +473,38 @@ async def _cmd_create(args: argparse.Namespace) -> int:
     init = _init_command(args.init_command)
     public_key = _read_key(args.public_key, public=True) if args.public_key else None
     tags: InstanceTags = dict(args.tag)
+    check = _hint(
+        "list", *_set_options(args), *(w for k, v in tags.items() for w in ("--tag", f"{k}={v}"))
+    )
     async with await _open_set(args) as iset:
         try:
             instance = await iset.create(itype, ImageID(args.image), tags, init, public_key)
         except CloudError as exc:
-            tag_args = " ".join(f"--tag {k}={v}" for k, v in tags.items())
-            exc.add_note(
-                f"the instance may exist anyway; check with: cloudvm list --driver {args.driver} "
-                f"--set-id {args.set_id} {tag_args}".rstrip()
-            )
+            exc.add_note(f"the instance may exist anyway; check with: {check}")
+            raise
+        except anyio.get_cancelled_exc_class():
+            args.interrupted_note = f"an instance may exist anyway; check with: {check}"
             raise
         if args.wait:
-            instance = await _wait_booted(iset, instance.id, args.timeout)
+            try:
+                instance = await _wait_booted(iset, instance.id, args.timeout)
+            except anyio.get_cancelled_exc_class():
+                destroy = _hint("destroy", *_set_options(args), instance.id)
+                args.interrupted_note = (
+                    f"{instance.id} exists and is still booting; destroy it with: {destroy}"
+                )
+                raise
     if args.json:
-        json.dump(_as_json(instance), sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        print(_json_text(_as_json(instance)))
     else:
-        print(instance.id + (f" {instance.address}" if instance.address else ""))
+        print(_safe(instance.id + (f" {instance.address}" if instance.address else "")))
     return EXIT_OK
 
 
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         raise _UsageError(f"{question} needs confirmation; pass --yes to confirm")
-    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.write(f"{_safe(question)} [y/N] ")
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
@@ -410,17 +523,34 @@ async def _cmd_destroy(args: argparse.Namespace) -> int:
             tagged = _unique(await iset.instances(dict(args.all_with_tag)))
             wanted = " ".join(f"{k}={v}" for k, v in args.all_with_tag)
             if not tagged:
-                print(f"no instance in set {args.set_id} has tags {wanted}", file=sys.stderr)
+                shown = _safe(f"no instances in set {args.set_id} with tags {wanted}")
+                print(shown, file=sys.stderr)
             elif not args.yes and not _confirm(
-                f"destroy {len(tagged)} instances with tags {wanted} "
+                f"destroy {_count(len(tagged), 'instance')} with tags {wanted} "
                 f"({', '.join(i.id for i in tagged)})?"
             ):
                 raise _Failure("nothing destroyed")
             targets.update((i.id, i) for i in tagged)
         for instance in targets.values():
             await instance.destroy()
-            print(f"destroyed {instance.id}")
+            print(_safe(f"destroyed {instance.id}"))
     return EXIT_OK
+
+
+class _Watched(DelegatingInstance):
+    """The instance as the executor's target, noting when a connection got as
+    far as host-key verification (so it was up and logged in): a TimeoutError
+    after that is the command's own."""
+
+    def __init__(self, instance: Instance) -> None:
+        super().__init__(instance)
+        self.logged_in = False
+
+    async def verify_host_key(
+        self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
+    ) -> None:
+        self.logged_in = True
+        await self._wrapped.verify_host_key(key, conn)
 
 
 async def _cmd_exec(args: argparse.Namespace) -> int:
@@ -430,23 +560,35 @@ async def _cmd_exec(args: argparse.Namespace) -> int:
     if not command:
         raise _UsageError("give the command to run after the instance id")
     key = _read_key(args.key, public=False)
+    # Joined as OpenSSH's ssh joins them: the remote shell splits the words.
+    cmd = " ".join(command)
+    # The set stays open while the command runs: verifying the host may ask the cloud.
     async with await _open_set(args) as iset:
         found = [i for i in await iset.instances() if i.id == args.instance_id]
-    if not found:
-        raise _Failure(f"no instance {args.instance_id} in set {args.set_id}")
-    instance = found[0]
-    if not instance.address:
-        raise _Failure(f"{instance.id} has no address yet (it is booting); try again later")
-    cmd = " ".join(command)
-    async with SSHExecutor(
-        instance, signers=[key], trust_on_first_use=args.trust_on_first_use
-    ) as executor:
-        try:
-            stdout, stderr = await executor.execute(cmd, timeout=args.timeout)
-            status = EXIT_OK
-        except ExecuteError as exc:
-            stdout, stderr = exc.stdout, exc.stderr
-            status = exc.exit_status if exc.exit_status > 0 else 255
+        if not found:
+            raise _Failure(f"no instance {args.instance_id} in set {args.set_id}")
+        target = _Watched(found[0])
+        if not target.address:
+            raise _Failure(f"{target.id} has no address yet (it is booting); try again later")
+        async with SSHExecutor(
+            target, signers=[key], trust_on_first_use=args.trust_on_first_use
+        ) as executor:
+            try:
+                stdout, stderr = await executor.execute(cmd, timeout=args.timeout)
+                status = EXIT_OK
+            except ExecuteError as exc:
+                stdout, stderr = exc.stdout, exc.stderr
+                status = exc.exit_status if exc.exit_status > 0 else 255
+            except asyncssh.PermissionDenied:
+                raise _Failure(
+                    f"the host refused the key for user {target.remote_user} ({args.key})"
+                ) from None
+            except TimeoutError:
+                if target.logged_in and args.timeout is not None:
+                    raise _Failure(
+                        f"the command did not finish within {args.timeout:g} s (it was stopped)"
+                    ) from None
+                raise
     sys.stdout.buffer.write(stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(stderr)
@@ -484,12 +626,12 @@ async def _cmd_cloudtest(args: argparse.Namespace) -> int:
     )
 
     def show(result: StepResult) -> None:
-        print(result, flush=True)
+        print(_safe(result), flush=True)
 
-    print(f"cloudtest: driver {args.driver}", flush=True)
+    print(_safe(f"cloudtest: driver {args.driver}"), flush=True)
     report = await run_conformance(config, progress=show)
     verdict = "PASSED" if report.ok else f"FAILED: {', '.join(s.name for s in report.failed)}"
-    print(f"cloudtest {verdict} (instance set {report.instance_set_id})", flush=True)
+    print(_safe(f"cloudtest {verdict} (instance set {report.instance_set_id})"), flush=True)
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -503,13 +645,103 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
 
 
 def _error(message: str, code: int) -> int:
-    print(f"cloudvm: error: {message}", file=sys.stderr)
+    print(_safe(f"cloudvm: error: {message}"), file=sys.stderr)
     return code
 
 
 def _with_notes(exc: BaseException) -> str:
     notes = getattr(exc, "__notes__", [])
     return "\n".join([str(exc) or type(exc).__name__, *notes])
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- what errors mean -----------------------------------------------------------
+
+_EXTRA_KEY = re.compile(r"(?:^|; |: )([A-Za-z0-9_.-]+): Extra inputs are not permitted")
+_MISSING_KEY = re.compile(r"(?:^|; |: )([A-Za-z0-9_.-]+): Field required")
+
+
+def _config_problem(exc: ConfigError) -> str:
+    """The driver's message, with the closest valid key after each unknown one.
+
+    The only valid keys the message itself names are the required ones it
+    misses (a typo of ``region`` gives ``regoin: Extra inputs...`` and
+    ``region: Field required``); the message never holds config values."""
+    message = str(exc)
+    if "did you mean" in message:  # the driver already suggests
+        return message
+    missing = _MISSING_KEY.findall(message)
+
+    def suggest(match: re.Match[str]) -> str:
+        close = difflib.get_close_matches(match.group(1), missing, n=1)
+        return match.group(0) + (f" (did you mean {close[0]!r}?)" if close else "")
+
+    return _EXTRA_KEY.sub(suggest, message)
+
+
+def _no_aws_credentials(exc: BaseException) -> bool:
+    """Whether botocore's NoCredentialsError is behind ``exc`` (the ec2
+    driver chains it; the core does not import botocore)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        kind = type(seen)
+        if kind.__name__ == "NoCredentialsError" and kind.__module__.startswith("botocore"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _aws_places(config: Mapping[str, Any]) -> str:
+    """Where botocore's default chain looked for credentials, in its order,
+    as this process's environment and the config pointed it."""
+    env = os.environ
+    credentials = os.path.expanduser(env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"))
+    aws_config = os.path.expanduser(env.get("AWS_CONFIG_FILE", "~/.aws/config"))
+    profile = config.get("profile") or env.get("AWS_PROFILE") or "default"
+    imds = (
+        "disabled by AWS_EC2_METADATA_DISABLED"
+        if env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+        else "no credentials there, or no answer"
+    )
+
+    def given(*names: str) -> str:
+        present = [name for name in names if env.get(name)]
+        return f"only {', '.join(present)} set" if present else "not set"
+
+    container = given(
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+    )
+
+    return (
+        "the config (access_key_id and secret_access_key, or profile: none given); "
+        f"the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: "
+        f"{given('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')}); "
+        f"the shared credentials file {credentials} and the AWS config file {aws_config} "
+        f"(profile {profile!r}); "
+        "container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI: "
+        f"{container}); "
+        f"the instance metadata service ({imds})"
+    )
+
+
+def _cloud_error(args: argparse.Namespace, exc: CloudError) -> int:
+    if _no_aws_credentials(exc):
+        try:
+            config = _load_config(args.config)
+        except _UsageError:  # pragma: no cover - it was read a moment ago
+            config = {}
+        return _error(
+            f"no AWS credentials were found. Looked in: {_aws_places(config)}. "
+            "Give access_key_id and secret_access_key or a profile in the config, "
+            "or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            EXIT_USAGE,
+        )
+    code = f" [{exc.code}]" if exc.code else ""
+    return _error(f"{type(exc).__name__}{code}: {_with_notes(exc)}", EXIT_CLOUD_ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -524,9 +756,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "drivers":
         names = available_drivers()
         if args.json:
-            print(json.dumps(names))
+            print(_json_text(names))
         else:
-            print("\n".join(names))
+            print(_safe("\n".join(names)))
         return EXIT_OK
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -536,28 +768,25 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # The kit reports its steps itself; its log would repeat every failure.
         logging.getLogger("cloudvm.cli.cloudtest").setLevel(logging.ERROR)
+    # What a Ctrl-C leaves behind, set by the command while it matters.
+    args.interrupted_note = None
     try:
         return anyio.run(_COMMANDS[args.command], args, backend="asyncio")
     except KeyboardInterrupt:
-        return _error("interrupted", EXIT_INTERRUPTED)
+        note = f": {args.interrupted_note}" if args.interrupted_note else ""
+        return _error(f"interrupted{note}", EXIT_INTERRUPTED)
     except _UsageError as exc:
         return _error(str(exc), EXIT_USAGE)
     except ConfigError as exc:
-        return _error(str(exc), EXIT_USAGE)
+        return _error(_config_problem(exc), EXIT_USAGE)
     except _Failure as exc:
         return _error(str(exc), EXIT_FAILURE)
     except HostKeyError as exc:
         return _error(f"host key: {_with_notes(exc)}", EXIT_HOST_KEY_ERROR)
     except CloudError as exc:
-        code = f" [{exc.code}]" if exc.code else ""
-        return _error(f"{type(exc).__name__}{code}: {_with_notes(exc)}", EXIT_CLOUD_ERROR)
+        return _cloud_error(args, exc)
     except (ValueError, TypeError) as exc:
         # Drivers reject invalid input (tags, init command) before any call.
         return _error(f"invalid input: {exc}", EXIT_USAGE)
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         return _error(f"cannot reach the host: {_describe(exc)}", EXIT_FAILURE)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -69,4 +69,8 @@ async def test_yaml_without_pyyaml_says_what_to_install(tmp_path: Path) -> None:
     result = await cloudvm(
         "list", "--driver", "fake", "--config", str(config), env={"PYTHONPATH": str(blocker)}
     )
-    usage_error(result, "pip install pyyaml")
+    usage_error(result)
+    assert result.stderr == (
+        f"cloudvm: error: {config} is YAML, which needs PyYAML. Install it with: "
+        "pip install 'aiocloudvm[yaml]' (or: pip install pyyaml), or give a JSON file\n"
+    )
