@@ -17,6 +17,7 @@ from ._errors import CloudError as CloudError
 from ._errors import ConfigError as ConfigError
 from ._errors import ExecuteError as ExecuteError
 from ._errors import HostKeyError as HostKeyError
+from ._errors import OutputLimitError as OutputLimitError
 from ._errors import QuotaError as QuotaError
 from ._errors import RateLimitError as RateLimitError
 from ._executor import SSHExecutor as SSHExecutor
@@ -73,6 +74,7 @@ __all__ = [
     "InstanceTags",
     "InstanceType",
     "LeasedWorker",
+    "OutputLimitError",
     "PoolClock",
     "PoolConfig",
     "PoolEvent",

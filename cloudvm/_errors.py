@@ -8,6 +8,7 @@ The tree::
     ├── CapacityError               avoid this type / quota group for a while
     ├── HostKeyError                the SSH server is not provably the instance
     └── ExecuteError                a remote command exited non-zero
+        └── OutputLimitError        ... or wrote more than ``max_output``; ended
 
     ConfigError (ValueError)        a driver's config is invalid (a programming
                                     or deployment mistake, not a cloud error)
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "ExecuteError",
     "HostKeyError",
+    "OutputLimitError",
     "QuotaError",
     "RateLimitError",
 ]
@@ -124,6 +126,19 @@ class ExecuteError(CloudError):
         self.exit_signal = exit_signal
         self.stdout = stdout
         self.stderr = stderr
+
+
+class OutputLimitError(ExecuteError):
+    """Raised by ``SSHExecutor.execute`` when a command writes more than
+    ``limit`` bytes of output (stdout and stderr together). The executor then
+    closes the session, which ends the command, so nothing is buffered past
+    the cap. ``stdout`` and ``stderr`` hold what was read, ``limit`` bytes in
+    all; ``exit_status`` is -1 (the command did not exit on its own).
+    """
+
+    def __init__(self, message: str, *, limit: int, stdout: bytes, stderr: bytes) -> None:
+        super().__init__(message, exit_status=-1, stdout=stdout, stderr=stderr)
+        self.limit = limit
 
 
 class ConfigError(ValueError):

@@ -8,6 +8,7 @@ import asyncssh
 import httpx
 
 from ._errors import HostKeyError
+from ._text import printable
 from ._tunnel import metadata_client
 from ._validate import SECRET_TAG, check_secret
 
@@ -32,13 +33,20 @@ async def imdsv2_token(client: httpx.AsyncClient) -> str:
         headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDSV2_TOKEN_TTL)},
     )
     response.raise_for_status()
-    return response.text
+    return _text(response)
+
+
+def _text(response: httpx.Response) -> str:
+    # UTF-8 whatever charset the answer claims: the service does not choose
+    # the codec we run on its bytes.
+    return response.content.decode("utf-8", errors="replace")
 
 
 async def imdsv2_get(client: httpx.AsyncClient, path: str, *, token: str | None = None) -> str:
     """GET ``path`` from an IMDSv2-style metadata service (EC2's, or the
     loopback cloud's) with ``token``, or with a fresh one from
-    :func:`imdsv2_token` when None. Returns the body as text.
+    :func:`imdsv2_token` when None. Returns the body as text (decoded as
+    UTF-8, invalid bytes replaced).
 
     Raises:
         httpx.HTTPStatusError: the service answered with an error status
@@ -49,7 +57,7 @@ async def imdsv2_get(client: httpx.AsyncClient, path: str, *, token: str | None 
         token = await imdsv2_token(client)
     response = await client.get(path, headers={"X-aws-ec2-metadata-token": token})
     response.raise_for_status()
-    return response.text
+    return _text(response)
 
 
 async def verify_with_imdsv2(
@@ -68,16 +76,30 @@ async def verify_with_imdsv2(
     driver recorded, the secret in constant time. ``extract`` picks the secret
     out of the body (e.g. from user data); ``who`` names the instance in errors.
 
-    Returns None when both match. Raises HostKeyError when either differs or
-    the service cannot be read within ``timeout`` seconds per request.
+    ``timeout`` (seconds) bounds the whole proof, every request together,
+    not each one. Answers are read as :func:`metadata_client` reads them:
+    capped, never decompressed, and the host's text escaped in errors.
+
+    Returns None when both match. Raises HostKeyError when either differs, the
+    secret is empty (expected or presented), or the service cannot be read in
+    time.
     """
     try:
         async with metadata_client(conn, timeout=timeout) as client:
             token = await imdsv2_token(client)
             presented_id = await imdsv2_get(client, "/latest/meta-data/instance-id", token=token)
             presented = await imdsv2_get(client, secret_path, token=token)
+    except httpx.HTTPStatusError as exc:
+        # httpx's message would repeat the reason phrase the host chose.
+        request = exc.request
+        raise HostKeyError(
+            f"{who}: cannot read the metadata service: it answered HTTP "
+            f"{exc.response.status_code} to {request.method} {request.url.path}"
+        ) from exc
     except httpx.HTTPError as exc:
-        raise HostKeyError(f"{who}: cannot read the metadata service: {exc}") from exc
+        raise HostKeyError(
+            f"{who}: cannot read the metadata service: {printable(str(exc))}"
+        ) from exc
     if presented_id.strip() != instance_id:
         raise HostKeyError(f"{who}: the host is another instance")
     check_secret(extract(presented) if extract else presented, secret)

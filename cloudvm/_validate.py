@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from ._errors import ConfigError, HostKeyError
+from ._text import has_control_chars
 from ._types import InitCommand, InstanceTags
 
 __all__ = [
@@ -42,22 +43,20 @@ SECRET_TAG = "cloudvm-secret"
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
 
-def _has_control_chars(text: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
-
-
 def validate_tags(tags: object, *, field: str = "tags") -> InstanceTags:
     """Return a plain-dict copy of ``tags`` or raise ValueError naming the bad
     key. Keys are non-empty strings of at most 128 characters without control
     characters and without the reserved ``cloudvm-`` prefix; values are strings
-    of at most 256 characters without control characters (empty is allowed)."""
+    of at most 256 characters without control characters (empty is allowed).
+    Control characters are C0 (U+0000-U+001F, tab and newline included), DEL
+    and C1 (U+0080-U+009F), any of which a terminal may act on."""
     if not isinstance(tags, Mapping):
         raise TypeError(f"{field} must be a mapping of str to str, not {type(tags).__name__}")
     checked: InstanceTags = {}
     for key, value in tags.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"{field}: every key must be a non-empty string, got {key!r}")
-        if len(key) > MAX_TAG_KEY_CHARS or _has_control_chars(key):
+        if len(key) > MAX_TAG_KEY_CHARS or has_control_chars(key):
             raise ValueError(
                 f"{field}: key {key[:40]!r} must be at most {MAX_TAG_KEY_CHARS} "
                 "characters without control characters"
@@ -69,7 +68,7 @@ def validate_tags(tags: object, *, field: str = "tags") -> InstanceTags:
             )
         if not isinstance(value, str):
             raise ValueError(f"{field}[{key!r}] must be a string, not {type(value).__name__}")
-        if len(value) > MAX_TAG_VALUE_CHARS or _has_control_chars(value):
+        if len(value) > MAX_TAG_VALUE_CHARS or has_control_chars(value):
             raise ValueError(
                 f"{field}[{key!r}] must be at most {MAX_TAG_VALUE_CHARS} characters "
                 "without control characters"
@@ -121,9 +120,17 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def check_secret(presented: str | bytes, expected: str) -> None:
-    """Raise HostKeyError unless ``presented`` equals ``expected``, comparing in
-    constant time so that timing reveals nothing of the secret."""
+def check_secret(presented: str | bytes, expected: str | None) -> None:
+    """Return None when ``presented`` (surrounding whitespace ignored) equals
+    ``expected``, compared in constant time so that timing reveals nothing of
+    the secret. Raise HostKeyError otherwise, and when either is empty: an
+    empty or missing (None) expected secret proves nothing, and neither does
+    an empty answer."""
+    if not expected:
+        raise HostKeyError("there is no secret to check the host against; it proves nothing")
     got = presented.encode("utf-8") if isinstance(presented, str) else presented
-    if not hmac.compare_digest(got.strip(), expected.encode("utf-8")):
+    got = got.strip()
+    if not got:
+        raise HostKeyError("the host presented an empty instance secret")
+    if not hmac.compare_digest(got, expected.encode("utf-8")):
         raise HostKeyError("the host presented the wrong instance secret")

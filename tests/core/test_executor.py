@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import secrets
 import signal
 from collections.abc import AsyncIterator
 
@@ -75,6 +77,61 @@ async def test_env_reaches_the_command_quoted(executor: cloudvm.SSHExecutor) -> 
     assert out.decode() == value
 
 
+_AWKWARD_VALUES = {
+    "QUOTES": "it's \"double\" and 'single' \\ back\\slash",
+    "NEWLINES": "\nfirst\nsecond\n\n",
+    "SUBST": "$(touch pwned) `touch pwned` ${HOME} $$ $0 *",
+    "UNICODE": "na\u00efve \u2013 東京 \u2013 🚀",
+    "EMPTY": "",
+    "SPACES": "  lead and trail  ",
+    "DASH": "-n",
+}
+
+
+async def test_env_values_arrive_exactly_and_stdin_after_them(
+    executor: cloudvm.SSHExecutor,
+) -> None:
+    script = "; ".join(f'printf "%s\\0" "${name}"' for name in _AWKWARD_VALUES) + "; cat"
+    stdin = b"line one\nsecond line without newline\x00\xff"
+    out, err = await executor.execute(script, stdin=stdin, env=_AWKWARD_VALUES)
+    assert err == b""
+    *values, rest = out.split(b"\0", len(_AWKWARD_VALUES))
+    assert [v.decode() for v in values] == list(_AWKWARD_VALUES.values())
+    assert rest == stdin
+    # without stdin the command still sees EOF at once, after the env
+    out, _ = await executor.execute('cat; printf %s "$DASH"', env={"DASH": "-n"})
+    assert out == b"-n"
+
+
+async def test_env_values_stay_out_of_the_command_line_and_every_log(
+    server: Server,
+    client_key: asyncssh.SSHKey,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+) -> None:
+    secret = "sk_live_" + secrets.token_hex(16)
+    caplog.set_level(logging.DEBUG)  # every logger, asyncssh's included
+    asyncssh.set_debug_level(2)
+    request.addfinalizer(lambda: asyncssh.set_debug_level(1))
+    target = KnownKeyTarget(server.address, server.user, server.host_key)
+    async with cloudvm.SSHExecutor(
+        target, signers=[client_key], logger=logging.getLogger("cloudvm.test")
+    ) as ex:
+        # The shell's own command line, as any user of the host could read it.
+        out, _ = await ex.execute(
+            'tr "\\0" " " < /proc/$$/cmdline; printf "\\n%s" "$API_TOKEN"',
+            env={"API_TOKEN": secret},
+        )
+    cmdline, _, seen = out.decode().rpartition("\n")
+    assert seen == secret
+    assert "sh" in cmdline  # the command line was readable
+    assert secret not in cmdline
+    assert any(r.name.startswith("asyncssh") for r in caplog.records)
+    for record in caplog.records:
+        assert secret not in record.getMessage(), record
+        assert secret not in repr(record.__dict__), record
+
+
 async def test_bad_env_name_is_refused_before_connecting(server: Server) -> None:
     target = KnownKeyTarget(server.address, server.user, server.host_key)
     async with cloudvm.SSHExecutor(target) as ex:
@@ -100,6 +157,35 @@ async def test_many_concurrent_commands_share_one_connection(
                 tg.start_soon(run, n)
     assert results == {n: f"{n}\n".encode() for n in range(40)}
     assert len(target.verified) == 1  # one connection, verified once
+
+
+async def test_output_beyond_max_output_ends_the_command_with_what_was_read(
+    server: Server, client_key: asyncssh.SSHKey
+) -> None:
+    target = KnownKeyTarget(server.address, server.user, server.host_key)
+    async with cloudvm.SSHExecutor(target, signers=[client_key], max_output=100_000) as ex:
+        # far more than the cap, on both streams, and it would never end
+        with pytest.raises(cloudvm.OutputLimitError) as info:
+            await ex.execute("echo begin >&2; yes 0123456789abcdef; echo never")
+        error = info.value
+        assert isinstance(error, cloudvm.ExecuteError)
+        assert error.limit == 100_000
+        assert "100000" in str(error)
+        assert len(error.stdout) + len(error.stderr) == 100_000
+        assert error.stdout.startswith(b"0123456789abcdef\n")
+        assert error.stdout.strip(b"0123456789abcdef\n") == b""
+        assert error.stderr in (b"", b"begin\n")
+        # the connection stays usable; a per-call cap overrides the executor's
+        assert await ex.execute("echo fine") == (b"fine\n", b"")
+        with pytest.raises(cloudvm.OutputLimitError):
+            await ex.execute("printf 12345", max_output=4)
+        assert await ex.execute("printf 1234", max_output=4) == (b"1234", b"")
+        big, _ = await ex.execute("head -c 300000 /dev/zero", max_output=None)
+        assert big == bytes(300_000)
+
+
+def test_max_output_defaults_to_16_mib() -> None:
+    assert cloudvm.SSHExecutor().max_output == 16 * 1024 * 1024
 
 
 async def test_command_timeout_raises_and_connection_stays_usable(
@@ -133,8 +219,8 @@ async def test_reconnects_after_the_server_drops_the_connection(
                     break
                 await anyio.sleep(0.01)
         assert await ex.execute("echo again") == (b"again\n", b"")
-    # the same host key was presented again: not re-verified
-    assert len(target.verified) == 1
+    # every new connection is verified, whatever key it presents
+    assert target.verified == [server.host_key.public_data] * 2
 
 
 async def test_connect_timeout_to_a_silent_server() -> None:
@@ -205,6 +291,8 @@ def test_split_address_rejects_malformed(address: str) -> None:
         ("command_timeout", 0),
         ("keepalive_interval", 0),
         ("max_sessions", 0),
+        ("max_output", 0),
+        ("max_output", -5),
         ("port", 70000),
     ],
 )
