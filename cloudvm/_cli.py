@@ -117,6 +117,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _delays(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seconds")
+    if any(not delay >= 0 for delay in delays):
+        raise argparse.ArgumentTypeError(f"{text!r}: each delay must be 0 or more seconds")
+    return delays
+
+
 def _common(parser: argparse.ArgumentParser, *, set_id_default: str | None) -> None:
     parser.add_argument("--driver", required=True, help="the driver's name (see: cloudvm drivers)")
     parser.add_argument(
@@ -228,6 +238,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--boot-timeout", type=_seconds, default=600.0)
     p.add_argument("--destroy-timeout", type=_seconds, default=300.0)
     p.add_argument("--poll-interval", type=_seconds, default=2.0)
+    p.add_argument(
+        "--cancel-delays",
+        type=_delays,
+        default=(0.0, 0.05, 0.5),
+        metavar="S,S,...",
+        help="seconds after which each create of the cancellation step is cancelled "
+        "(default 0,0.05,0.5)",
+    )
     p.add_argument("--destroy-existing", action="store_true")
     p.add_argument("--trust-on-first-use", action="store_true")
     return parser
@@ -622,6 +640,7 @@ async def _cmd_cloudtest(args: argparse.Namespace) -> int:
         boot_timeout=args.boot_timeout,
         destroy_timeout=args.destroy_timeout,
         poll_interval=args.poll_interval,
+        cancel_delays=args.cancel_delays,
         logger=logging.getLogger("cloudvm.cli.cloudtest"),
     )
 

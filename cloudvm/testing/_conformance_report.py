@@ -84,7 +84,7 @@ class StepStatus(enum.Enum):
 
     PASSED = "PASS"  # the driver did what the contract says
     FAILED = "FAIL"  # it did not; the message says how
-    SKIPPED = "SKIP"  # nothing to check (e.g. no extra command was given)
+    SKIPPED = "SKIP"  # nothing was checked (no extra command given, no create cancelled)
     NOT_RUN = "----"  # a step it depends on failed, so it could not run
 
 
@@ -184,7 +184,9 @@ class ConformanceConfig:
             (eventual consistency).
         poll_interval: seconds between listings while waiting.
         cancel_delays: after how many seconds each cancelled ``create`` is
-            cancelled (0 cancels it at its first await).
+            cancelled (0 cancels it at its first await). When every create
+            returns before its delay, nothing was tested and the step is
+            skipped, saying so.
         ssh_connect_timeout: seconds allowed for each SSH connection attempt.
         logger: where the kit logs; None means ``cloudvm.conformance``.
     """

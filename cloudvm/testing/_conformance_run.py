@@ -619,11 +619,18 @@ class _Runner:
             )
         if left:
             _fail(f"instances made by cancelled creates are still listed after destroy: {left}")
-        summary = (
-            f"{cancelled} of {len(self.cfg.cancel_delays)} creates cancelled; "
-            f"{len(mine)} instances existed afterwards, all tagged, all destroyed"
-        )
-        return summary + (f" ({'; '.join(notes)})" if notes else "")
+        delays = self.cfg.cancel_delays
+        aftermath = f"{len(mine)} instances existed afterwards, all tagged, all destroyed"
+        if notes:
+            aftermath += f"; {'; '.join(notes)}"
+        if not cancelled:
+            # Creates that finished before their cancellation tested nothing.
+            raise _Skip(
+                f"none of the {len(delays)} creates was cancelled: each returned within its "
+                f"delay ({', '.join(f'{d:g}' for d in delays)} s), so nothing was tested; "
+                f"give shorter cancel_delays ({aftermath})"
+            )
+        return f"{cancelled} of {len(delays)} creates cancelled; {aftermath}"
 
     async def destroy(self) -> str:
         assert self.iset is not None and self.main is not None

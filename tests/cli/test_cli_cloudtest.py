@@ -30,3 +30,21 @@ async def test_cloudtest_failure_exits_1(cloud: Cloud) -> None:
     assert "FAIL  extra command" in result.stdout
     assert "'exit 3' exited 3" in result.stdout
     assert result.stdout.splitlines()[-1].startswith("cloudtest FAILED: extra command")
+
+
+async def test_a_cancellation_step_that_cancelled_nothing_is_skipped(cloud: Cloud) -> None:
+    # Each create returns long before it would be cancelled: nothing is tested.
+    result = await cloudvm(
+        "cloudtest", *cloud.args(), "--type", "loopback.small", "--image", "local",
+        "--key", str(cloud.key), "--cancel-delays", "600,900",
+        "--boot-timeout", "30", "--destroy-timeout", "20", "--poll-interval", "0.05",
+    )  # fmt: skip
+    assert result.code == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    [at] = [n for n, line in enumerate(lines) if "cancelled create leaves nothing untagged" in line]
+    assert lines[at].startswith("SKIP  cancelled create leaves nothing untagged")
+    assert lines[at + 1].strip() == (
+        "none of the 2 creates was cancelled: each returned within its delay (600, 900 s), "
+        "so nothing was tested; give shorter cancel_delays (2 instances existed afterwards, "
+        "all tagged, all destroyed)"
+    )
