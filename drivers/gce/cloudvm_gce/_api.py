@@ -5,6 +5,13 @@ each) must not be shared across threads. Every call here runs in an anyio
 worker thread, bounded by a CapacityLimiter, and uses that thread's own
 clients, made on first use. The SDK's own retries are off (``retry=None``
 at each call site): throttling surfaces as RateLimitError at once.
+
+A request on the wire cannot be recalled, and a thread cannot be stopped:
+every call runs as a :func:`cloudvm.driverkit.run_critical` section, so a
+caller cancelled by any means (``Task.cancel()``, ``asyncio.wait_for``, an
+anyio scope) sees its cancellation only once the call's answer is in. What
+the call did is then in the cloud for the next listing to see, and no thread
+keeps working for a caller that is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from google.auth import credentials as gcredentials
 from google.cloud import compute_v1
 
 from cloudvm import CloudError, ConfigError
+from cloudvm.driverkit import run_critical
 
 from ._config import GCEConfig
 from ._errors import wrap_api_error
@@ -91,8 +99,8 @@ class ComputeAPI:
     """Runs Compute API calls in worker threads, one client set per thread.
 
     At most ``config.max_concurrent_calls`` calls run at once; a cancelled
-    caller still lets its call finish in the thread (a request on the wire
-    cannot be recalled), then sees the cancellation.
+    caller, whatever cancelled it, waits for its call to finish in the thread
+    (at most the call's own timeout), then sees the cancellation.
     """
 
     def __init__(self, config: GCEConfig, credentials: gcredentials.Credentials) -> None:
@@ -107,6 +115,8 @@ class ComputeAPI:
         self._finalizers: list[weakref.finalize[..., Clients]] = []
         self._closed = False
         self.clients_made = 0
+        #: Calls not yet ended, their thread's work included.
+        self.calls_in_flight = 0
 
     def _clients(self) -> Clients:
         clients: Clients | None = getattr(self._local, "clients", None)
@@ -143,9 +153,18 @@ class ComputeAPI:
 
         ``what`` names the call in error messages. Raises NotFoundError for a
         404, TransportError when no answer arrived, and otherwise the cloudvm
-        error :func:`wrap_api_error` picks.
+        error :func:`wrap_api_error` picks. A cancelled caller returns only
+        once the call has ended, then raises its cancellation.
         """
-        return await anyio.to_thread.run_sync(self._run, what, fn, limiter=self._limiter)
+
+        async def in_thread() -> _T:
+            return await anyio.to_thread.run_sync(self._run, what, fn, limiter=self._limiter)
+
+        self.calls_in_flight += 1
+        try:
+            return await run_critical(in_thread)
+        finally:
+            self.calls_in_flight -= 1
 
     def close(self) -> None:
         """Close every client set's HTTP sessions. Later calls raise RuntimeError."""

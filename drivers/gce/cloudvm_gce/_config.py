@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import urllib.parse
 from typing import Literal
 
 import pydantic
@@ -20,7 +22,13 @@ class GCEConfig(pydantic.BaseModel):
     ``project``: the project id instances are created in.
     ``zones``: one or more zones, tried in turn when a zone has no capacity
     (``create`` starts with the zone that last succeeded).
-    ``api_endpoint``: the Compute API's base URL; None means Google's.
+    ``api_endpoint``: the Compute API's base URL; None means Google's. Plain
+    ``http://`` would send real credentials (a bearer token) and the
+    instances' secrets unencrypted: with any credentials but ``"anonymous"``
+    it is accepted only for a loopback address (127.0.0.0/8, ``::1``,
+    ``localhost``) or with ``allow_insecure_transport``.
+    ``allow_insecure_transport``: accept ``http://`` to any host with real
+    credentials (default false).
     ``credentials``: ``"anonymous"`` (local endpoints only), the path of a
     service-account JSON key file, or None for Application Default Credentials.
     ``admin_username``: the user the SSH key is authorised for; it has
@@ -52,6 +60,7 @@ class GCEConfig(pydantic.BaseModel):
     project: str = pydantic.Field(min_length=1, max_length=63)
     zones: list[str] = pydantic.Field(min_length=1)
     api_endpoint: str | None = None
+    allow_insecure_transport: bool = False
     credentials: str | None = None
     admin_username: str = "cloudvm"
     network: str | None = None
@@ -107,3 +116,31 @@ class GCEConfig(pydantic.BaseModel):
         if self.address == "external" and not self.external_ip:
             raise ValueError("address 'external' needs external_ip: true")
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _check_transport(self) -> GCEConfig:
+        endpoint = self.api_endpoint
+        if (
+            endpoint is None
+            or not endpoint.startswith("http://")
+            or self.credentials == "anonymous"
+            or self.allow_insecure_transport
+            or _is_loopback(endpoint)
+        ):
+            return self
+        # The URL is not repeated: it may carry user information.
+        raise ValueError(
+            "api_endpoint: plain http would send the credentials unencrypted; use https, "
+            "a loopback address (127.0.0.0/8, ::1, localhost), or set "
+            "allow_insecure_transport: true"
+        )
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

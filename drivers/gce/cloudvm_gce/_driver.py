@@ -31,6 +31,7 @@ from cloudvm import (
     InstanceSetID,
     InstanceTags,
     InstanceType,
+    QuotaError,
     RateLimitError,
     SharedResourceTags,
     driver_func,
@@ -44,13 +45,15 @@ from cloudvm.driverkit import (
     metadata_client,
     new_secret,
     parse_config,
+    printable,
+    run_critical,
     validate_init_command,
     validate_tags,
 )
 
 from ._api import Clients, ComputeAPI, NotFoundError, TransportError, load_credentials
 from ._config import GCEConfig
-from ._errors import classify
+from ._errors import ALREADY_EXISTS_CODES, classify, quota_region
 from ._tags import MAX_USER_TAGS, TAGS_ITEM, decode_tags, encode_tags, label_filter, labels_for
 
 if TYPE_CHECKING:
@@ -67,6 +70,8 @@ _WAIT_CALL_TIMEOUT = 150.0  # seconds
 _WAIT_RETRY_DELAY = 1.0  # seconds before asking again after a failed wait call
 _SET_TAGS_ATTEMPTS = 3  # fingerprint races before set_tags gives up
 _METADATA_SECRET_PATH = f"/computeMetadata/v1/instance/attributes/{SECRET_TAG}"
+# One deadline for the whole read of the secret through the SSH connection.
+_VERIFY_DEADLINE = 10.0  # seconds
 _DERIVED_LABEL = re.compile(r"^c-[a-z0-9_-]*-[0-9a-f]{12}$")
 # A machine type's family: "n2-standard-4" -> "n2"; types without a family
 # prefix ("custom-4-8192", "f1-micro", "g1-small") are N1.
@@ -154,13 +159,18 @@ class GCEInstance:
     async def set_tags(self, tags: InstanceTags) -> None:
         """Replace the user's tags: first the metadata item (the source of
         truth), then the derived labels. The set id and the secret are kept.
-        Raises ValueError for invalid tags before any call; after a
-        CloudError the tags may be old or new."""
+
+        Both calls run to their end even when the caller is cancelled (by
+        ``Task.cancel()`` or an anyio scope; it then sees its cancellation),
+        and a failed label write puts the old metadata item back: the
+        instance is left with its old tags or its new ones, never a mix.
+        (Should putting it back fail too, that is logged.) Raises ValueError
+        for invalid tags before any call; after a CloudError the tags may be
+        old or new."""
         checked = validate_tags(tags)
         if len(checked) > MAX_USER_TAGS:
             raise ValueError(f"tags: GCE allows at most {MAX_USER_TAGS} tags per instance")
         await self._set._set_tags(self, checked)
-        self._tags = dict(checked)
 
     def price_history(self, itype: InstanceType) -> list[InstancePrice]:
         """GCE publishes no per-instance price history: one entry, the
@@ -180,18 +190,30 @@ class GCEInstance:
     ) -> None:
         """Prove ``key`` is this instance's host key.
 
-        First, out of band: the guest agent publishes the host keys as guest
-        attributes (``hostkeys/``), read here through the Compute API. If a
-        key of ``key``'s algorithm is published, ``key`` must be it.
-        Otherwise (none published yet, or the API refuses), through ``conn``:
-        GET the ``cloudvm-secret`` metadata attribute from the instance's
-        metadata server (``Metadata-Flavor: Google``) and compare it in
-        constant time with the secret create stored.
+        An instance without a secret (or with an empty one) is refused at
+        once: anyone able to create instances could have tagged it into the
+        set, and an empty secret would be "proven" by any host answering an
+        empty body. Then, out of band: the guest agent publishes the host
+        keys as guest attributes (``hostkeys/``), read here through the
+        Compute API. If a key of ``key``'s algorithm is published, ``key``
+        must be it. Otherwise (none published yet, or the API refuses),
+        through ``conn``: GET the ``cloudvm-secret`` metadata attribute from
+        the instance's metadata server (``Metadata-Flavor: Google``, which
+        the answer must carry too) and compare it in constant time with the
+        secret create stored, the whole exchange within one deadline
+        (``_VERIFY_DEADLINE``, 10 s). Text the host chose reaches errors
+        only escaped (:func:`cloudvm.driverkit.printable`).
 
-        Raises HostKeyError when the key or the secret is wrong or the secret
-        cannot be read; NotImplementedError when no key is published and
-        ``conn`` is None (or the secret is unknown).
+        Returns None when the key is proven. Raises HostKeyError when the
+        secret is missing or empty, the key or the secret is wrong, or the
+        secret cannot be read in time; NotImplementedError when no key is
+        published and ``conn`` is None.
         """
+        if not self._secret:
+            raise HostKeyError(
+                f"{self}: the instance has no secret to prove its host key with "
+                "(not created by this driver?)"
+            )
         published = await self._set._published_host_keys(self)
         algorithm = key.algorithm.decode("ascii")
         blob = base64.b64encode(key.public_data).decode("ascii")
@@ -200,17 +222,26 @@ class GCEInstance:
             if any(hmac.compare_digest(b.encode(), blob.encode()) for b in candidates):
                 return
             raise HostKeyError(f"{self}: the host key is not the one the instance published")
-        if conn is None or self._secret is None:
+        if conn is None:
             raise NotImplementedError(
                 f"{self}: no host key published yet and no connection to read the secret through"
             )
         try:
-            async with metadata_client(conn) as client:
-                response = await client.get(
-                    _METADATA_SECRET_PATH, headers={"Metadata-Flavor": "Google"}
-                )
+            with anyio.fail_after(_VERIFY_DEADLINE):
+                async with metadata_client(conn, timeout=_VERIFY_DEADLINE) as client:
+                    response = await client.get(
+                        _METADATA_SECRET_PATH, headers={"Metadata-Flavor": "Google"}
+                    )
+        except TimeoutError:
+            raise HostKeyError(
+                f"{self}: the metadata server did not answer within {_VERIFY_DEADLINE:g} s"
+            ) from None
         except httpx.HTTPError as exc:
-            raise HostKeyError(f"{self}: cannot read the metadata server ({type(exc).__name__})")
+            # The reason may be text the unproven server chose: escape it.
+            reason = printable(str(exc), limit=120)
+            raise HostKeyError(
+                f"{self}: cannot read the metadata server ({type(exc).__name__}: {reason})"
+            ) from None
         if response.status_code != 200 or response.headers.get("metadata-flavor") != "Google":
             raise HostKeyError(
                 f"{self}: the metadata server answered {response.status_code}, not the secret"
@@ -263,9 +294,14 @@ class GCEInstanceSet(InstanceSetBase):
         for the insert operation (at most ``operation_timeout``, after which
         the instance is returned anyway).
 
+        Zones are tried in turn only for capacity: a quota error (regional,
+        whether for ``CPUS`` or a family's ``N2_CPUS``) skips every other
+        zone of its region, and a project-wide one ends the create.
+
         Raises ValueError/TypeError for bad input before any cloud call;
         CapacityError only when every zone lacked capacity (the last one's);
-        RateLimitError, QuotaError or CloudError otherwise.
+        QuotaError when the quota of every configured region (or the
+        project's) is used up; RateLimitError or CloudError otherwise.
         """
         self._check_open()
         if not isinstance(itype, InstanceType):
@@ -286,13 +322,35 @@ class GCEInstanceSet(InstanceSetBase):
         zones = self._config.zones
         start = self._next_zone % len(zones)
         last_capacity: CapacityError | None = None
+        last_quota: QuotaError | None = None
+        out_of_quota: set[str] = set()  # regions whose quota is used up
         with self._metrics.observe("create"):
             for zone in zones[start:] + zones[:start]:
+                if _region_of(zone) in out_of_quota:
+                    continue
                 body = self._instance_body(
                     name, zone, itype, image_id, checked_tags, checked_init, public_key, secret
                 )
                 try:
                     found = await self._insert(zone, body, str(uuid.uuid5(base, zone)), secret)
+                except QuotaError as exc:
+                    # Quota is counted per region (or per project), never per
+                    # zone: no other zone of this region can do better. This
+                    # comes before CapacityError: a family quota is both.
+                    region = quota_region(exc)
+                    if region is None:
+                        raise
+                    last_quota = exc
+                    out_of_quota.update((region, _region_of(zone)))
+                    if all(_region_of(z) in out_of_quota for z in zones):
+                        raise
+                    self._logger.warning(
+                        "GCE quota exceeded in region %s for %s; trying the zones of other regions",
+                        region,
+                        itype.provider_type,
+                        extra={"zone": zone, "instance_set_id": self._id, "code": exc.code},
+                    )
+                    continue
                 except CapacityError as exc:
                     last_capacity = exc
                     self._logger.warning(
@@ -321,8 +379,11 @@ class GCEInstanceSet(InstanceSetBase):
                     address=address,
                     created_at=created,
                 )
-            assert last_capacity is not None
-            raise last_capacity
+            # Every zone failed: capacity may come back later, quota only
+            # when something is destroyed.
+            error = last_capacity or last_quota
+            assert error is not None
+            raise error
 
     def _instance_body(
         self,
@@ -444,24 +505,43 @@ class GCEInstanceSet(InstanceSetBase):
                     extra={"instance_id": body.name, "zone": zone, "attempt": attempt},
                 )
             except CloudError as exc:
-                if exc.code != "alreadyExists":
+                if exc.code not in ALREADY_EXISTS_CODES:
                     raise
-                # The name exists: it is ours only if it carries this create's
-                # secret (a retried insert whose requestId the API forgot).
-                existing = await self._get(zone, body.name)
-                if _item(existing.metadata, SECRET_TAG) != secret:
-                    raise
-                return existing
+                return await self._adopt(zone, body.name, secret, exc)
         assert op is not None
         op = await self._wait(zone, op)
         if op.status == _DONE:
             error = _operation_error(op, f"insert of {body.name} in {zone}")
+            if error is not None and error.code in ALREADY_EXISTS_CODES:
+                # A resent insert can also learn of the first one this way:
+                # accepted, then its operation finds the name taken.
+                return await self._adopt(zone, body.name, secret, error)
             if error is not None:
                 raise error
         try:
             return await self._get(zone, body.name)
         except CloudError:
             return None  # created; a later listing shows its address
+
+    async def _adopt(
+        self, zone: str, name: str, secret: str, conflict: CloudError
+    ) -> compute_v1.Instance:
+        """The instance called ``name`` that an insert found already there:
+        ours only if it carries this create's secret (an earlier send of
+        the same insert made it). Raises ``conflict`` otherwise."""
+        try:
+            existing = await self._get(zone, name)
+        except NotFoundError:
+            raise conflict from None  # gone again: not something to return
+        presented = _item(existing.metadata, SECRET_TAG) or ""
+        if not hmac.compare_digest(presented.encode(), secret.encode()):
+            raise conflict
+        self._logger.info(
+            "GCE insert of %s found its own earlier insert's instance",
+            name,
+            extra={"instance_id": name, "zone": zone, "instance_set_id": self._id},
+        )
+        return existing
 
     async def _wait(self, zone: str, op: compute_v1.Operation) -> compute_v1.Operation:
         """Wait with our own ZoneOperationsClient until ``op`` is DONE or
@@ -598,67 +678,117 @@ class GCEInstanceSet(InstanceSetBase):
 
     async def _set_tags(self, instance: GCEInstance, tags: InstanceTags) -> None:
         self._check_open()
-        cfg = self._config
-        zone, name = instance.zone, instance.id
         with self._metrics.observe("set_tags"):
-            for attempt in range(1, _SET_TAGS_ATTEMPTS + 1):
+            # The metadata and the labels take two calls: a caller cancelled
+            # between them must not leave one old and the other new.
+            await run_critical(lambda: self._replace_tags(instance, tags))
+
+    async def _replace_tags(self, instance: GCEInstance, tags: InstanceTags) -> None:
+        """Write ``tags`` to the metadata item, then the derived labels; after
+        an error once the metadata may have been written, put the old item
+        back so that the metadata and the labels agree (see
+        :meth:`_reconcile_tags`)."""
+        zone, name = instance.zone, instance.id
+        original: str | None = None
+        written = False
+        for attempt in range(1, _SET_TAGS_ATTEMPTS + 1):
+            try:
                 current = await self._get(zone, name)
                 if _item(current.metadata, SET_ID_TAG) != self._id:
                     raise CloudError(f"GCE instance {name} does not belong to this InstanceSet")
-                items = [
-                    compute_v1.Items(key=i.key, value=i.value)
-                    for i in current.metadata.items
-                    if i.key != TAGS_ITEM
-                ]
-                items.append(compute_v1.Items(key=TAGS_ITEM, value=encode_tags(tags)))
-                labels = {k: v for k, v in current.labels.items() if not _DERIVED_LABEL.match(k)}
-                labels.update(labels_for(self._id, tags))
-                metadata = compute_v1.Metadata(
-                    fingerprint=current.metadata.fingerprint, items=items
-                )
-                label_request = compute_v1.InstancesSetLabelsRequest(
-                    label_fingerprint=current.label_fingerprint, labels=labels
-                )
-                set_metadata = compute_v1.SetMetadataInstanceRequest(
-                    project=cfg.project,
-                    zone=zone,
-                    instance=name,
-                    metadata_resource=metadata,
-                    request_id=str(uuid.uuid4()),
-                )
-                set_labels = compute_v1.SetLabelsInstanceRequest(
-                    project=cfg.project,
-                    zone=zone,
-                    instance=name,
-                    instances_set_labels_request_resource=label_request,
-                    request_id=str(uuid.uuid4()),
-                )
-
-                def put_metadata(
-                    c: Clients, request: compute_v1.SetMetadataInstanceRequest = set_metadata
-                ) -> compute_v1.Operation:
-                    return c.instances.set_metadata_unary(
-                        request=request, retry=None, timeout=cfg.call_timeout
-                    )
-
-                def put_labels(
-                    c: Clients, request: compute_v1.SetLabelsInstanceRequest = set_labels
-                ) -> compute_v1.Operation:
-                    return c.instances.set_labels_unary(
-                        request=request, retry=None, timeout=cfg.call_timeout
-                    )
-
+                if not written:
+                    original = _item(current.metadata, TAGS_ITEM)
                 try:
-                    op = await self._api.call("instances.setMetadata", put_metadata)
-                    await self._finish(zone, op, f"setMetadata of {name}")
-                    op = await self._api.call("instances.setLabels", put_labels)
-                    await self._finish(zone, op, f"setLabels of {name}")
-                    return
-                except CloudError as exc:
-                    # Someone changed the instance between our get and set:
-                    # the fingerprint no longer matches. Read it again.
-                    if exc.code != "conditionNotMet" or attempt == _SET_TAGS_ATTEMPTS:
-                        raise
+                    await self._put_tags_item(zone, name, current.metadata, encode_tags(tags))
+                except TransportError:
+                    written = True  # no answer: it may have been applied
+                    raise
+                written = True
+                await self._put_labels(zone, name, current, tags)
+            except CloudError as exc:
+                # A stale fingerprint means someone changed the instance
+                # between our get and set: read it again.
+                if exc.code == "conditionNotMet" and attempt < _SET_TAGS_ATTEMPTS:
+                    continue
+                if written and await self._reconcile_tags(zone, name, tags, original):
+                    instance._tags = dict(tags)
+                raise
+            instance._tags = dict(tags)
+            return
+
+    async def _reconcile_tags(
+        self, zone: str, name: str, tags: InstanceTags, original: str | None
+    ) -> bool:
+        """After a failed label write: unless the labels are ``tags``' after
+        all (a call whose answer was lost), put the metadata item back to
+        ``original`` so that it agrees with the labels, which stayed old.
+        Returns True when the instance is left with ``tags``."""
+        try:
+            current = await self._get(zone, name)
+            derived = {k: v for k, v in current.labels.items() if _DERIVED_LABEL.match(k)}
+            if derived == labels_for(self._id, tags):
+                return True
+            await self._put_tags_item(zone, name, current.metadata, original)
+        except CloudError as exc:
+            self._logger.warning(
+                "GCE set_tags of %s failed and the old tags could not be put back (%s); "
+                "listings by tag miss it until its tags are set again",
+                name,
+                exc.code,
+                extra={"instance_id": name, "zone": zone, "instance_set_id": self._id},
+            )
+        return False
+
+    async def _put_tags_item(
+        self, zone: str, name: str, metadata: compute_v1.Metadata, value: str | None
+    ) -> None:
+        """Set the :data:`TAGS_ITEM` metadata item to ``value`` (None: remove
+        it), keeping every other item; ``metadata`` gives the fingerprint."""
+        cfg = self._config
+        items = [
+            compute_v1.Items(key=i.key, value=i.value) for i in metadata.items if i.key != TAGS_ITEM
+        ]
+        if value is not None:
+            items.append(compute_v1.Items(key=TAGS_ITEM, value=value))
+        request = compute_v1.SetMetadataInstanceRequest(
+            project=cfg.project,
+            zone=zone,
+            instance=name,
+            metadata_resource=compute_v1.Metadata(fingerprint=metadata.fingerprint, items=items),
+            request_id=str(uuid.uuid4()),
+        )
+        op = await self._api.call(
+            "instances.setMetadata",
+            lambda c: c.instances.set_metadata_unary(
+                request=request, retry=None, timeout=cfg.call_timeout
+            ),
+        )
+        await self._finish(zone, op, f"setMetadata of {name}")
+
+    async def _put_labels(
+        self, zone: str, name: str, current: compute_v1.Instance, tags: InstanceTags
+    ) -> None:
+        """Replace the derived labels of ``current`` with those of ``tags``,
+        keeping labels that are not ours."""
+        cfg = self._config
+        labels = {k: v for k, v in current.labels.items() if not _DERIVED_LABEL.match(k)}
+        labels.update(labels_for(self._id, tags))
+        request = compute_v1.SetLabelsInstanceRequest(
+            project=cfg.project,
+            zone=zone,
+            instance=name,
+            instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
+                label_fingerprint=current.label_fingerprint, labels=labels
+            ),
+            request_id=str(uuid.uuid4()),
+        )
+        op = await self._api.call(
+            "instances.setLabels",
+            lambda c: c.instances.set_labels_unary(
+                request=request, retry=None, timeout=cfg.call_timeout
+            ),
+        )
+        await self._finish(zone, op, f"setLabels of {name}")
 
     async def _finish(self, zone: str, op: compute_v1.Operation, what: str) -> None:
         op = await self._wait(zone, op)
@@ -733,6 +863,11 @@ class GCEInstanceSet(InstanceSetBase):
     async def _stop(self) -> None:
         # Closing sessions is quick, local and must not be skipped on cancel.
         self._api.close()
+
+
+def _region_of(zone: str) -> str:
+    # "us-central1-a" -> "us-central1"
+    return zone.rsplit("-", 1)[0]
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -18,12 +18,14 @@ from google.api_core import exceptions as gexc
 from cloudvm import CapacityError, CloudError, QuotaError, RateLimitError
 
 __all__ = [
+    "ALREADY_EXISTS_CODES",
     "CAPACITY_CODES",
     "QUOTA_CODES",
     "RATE_LIMIT_CODES",
     "QuotaGroupError",
     "classify",
     "is_not_found",
+    "quota_region",
     "wrap_api_error",
 ]
 
@@ -50,6 +52,12 @@ CAPACITY_CODES = frozenset(
         "STOCKOUT",
     }
 )
+# "A resource of that name exists": the synchronous 409's reason, and the
+# code an operation that found the name taken finishes with.
+ALREADY_EXISTS_CODES = frozenset({"alreadyExists", "RESOURCE_ALREADY_EXISTS"})
+# GCE names the region a quota is counted in: "Limit: 8.0 in region us-east1."
+# (a project-wide quota says "globally" instead).
+_QUOTA_REGION = re.compile(r"\bin region ([a-z]+-[a-z]+[0-9]+)\b")
 # Quota metrics that belong to one machine family or to spot capacity
 # ("Quota 'N2_CPUS' exceeded"): other quota groups may still succeed.
 _FAMILY_QUOTA = re.compile(r"Quota '([A-Z0-9]+_CPUS|PREEMPTIBLE_CPUS|[A-Z0-9_]*GPUS)' exceeded")
@@ -122,6 +130,16 @@ def classify(
             code=capacity[0],
         )
     return None
+
+
+def quota_region(error: QuotaError) -> str | None:
+    """The region whose quota ``error`` says is used up, or None for a
+    project-wide quota (or one whose message names no region).
+
+    GCE counts quota per region or per project, never per zone: a quota
+    error is no reason to try another zone of the same region."""
+    match = _QUOTA_REGION.search(str(error))
+    return match.group(1) if match else None
 
 
 def _reasons(exc: gexc.GoogleAPICallError) -> list[str]:

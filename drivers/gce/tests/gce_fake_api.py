@@ -16,10 +16,14 @@ conditionNotMet), name and label validation, and GCE's error JSON
 
 Knobs, not scripts: :meth:`FakeCompute.fail` queues an HTTP error for a
 method, :meth:`FakeCompute.fail_operation` makes the next insert's operation
-finish with an error, ``exhausted_zones`` answer every insert with
-ZONE_RESOURCE_POOL_EXHAUSTED, :meth:`FakeCompute.drop_response` processes a
-call and then cuts the connection, ``op_steps`` sets how many polls an
-operation needs. Every request is recorded in ``requests``.
+finish with an error (``errorDetails`` included, as GCE sends them),
+``exhausted_zones`` answer every insert with ZONE_RESOURCE_POOL_EXHAUSTED,
+:meth:`FakeCompute.drop_response` processes a call and then cuts the
+connection, :meth:`FakeCompute.hold` keeps a call waiting until released,
+:meth:`FakeCompute.conflict_in_operation` reports a name conflict inside
+the insert's operation (as GCE does for a resent insert) instead of the
+synchronous 409, ``op_steps`` sets how many polls an operation needs. Every
+request is recorded in ``requests``.
 """
 
 from __future__ import annotations
@@ -69,6 +73,14 @@ class _Injected:
     message: str
     domain: str
     headers: dict[str, str]
+
+
+@dataclasses.dataclass
+class _OperationError:
+    code: str
+    message: str
+    http_status: int
+    details: list[dict[str, Any]]
 
 
 @dataclasses.dataclass
@@ -125,7 +137,10 @@ class FakeCompute:
         self.default_page_size = 500
         self._request_ids: dict[str, tuple[str, str]] = {}
         self._errors: dict[str, list[_Injected]] = {}
-        self._op_errors: dict[str, list[tuple[str, str, int]]] = {}
+        self._op_errors: dict[str, list[_OperationError]] = {}
+        self._conflicts: list[str] = []
+        self._held: dict[str, list[asyncio.Event]] = {}
+        self._arrivals: list[asyncio.Event] = []  # woken by each request
         self._drop: dict[str, int] = {}
         self._ids = itertools.count(1000)
         self._ips = itertools.count(2)
@@ -149,14 +164,46 @@ class FakeCompute:
         injected = _Injected(status, reason, message, domain, dict(headers or {}))
         self._errors.setdefault(method, []).extend([injected] * times)
 
-    def fail_operation(self, zone: str, code: str, message: str, http_status: int = 400) -> None:
-        """Make the next insert in ``zone`` finish its operation with this error."""
-        self._op_errors.setdefault(zone, []).append((code, message, http_status))
+    def fail_operation(
+        self,
+        zone: str,
+        code: str,
+        message: str,
+        http_status: int = 400,
+        *,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Make the next insert in ``zone`` finish its operation with this
+        error; ``details`` are its ``errorDetails`` (``quotaInfo``, ``help``...)."""
+        failure = _OperationError(code, message, http_status, list(details or []))
+        self._op_errors.setdefault(zone, []).append(failure)
+
+    def conflict_in_operation(self, code: str = "RESOURCE_ALREADY_EXISTS") -> None:
+        """Accept the next insert whose name already exists in its zone, even
+        one whose ``requestId`` is known, and finish its operation with this
+        409 error code instead of answering the insert with a synchronous 409:
+        what GCE can do with a resent insert."""
+        self._conflicts.append(code)
+
+    def hold(self, method: str) -> asyncio.Event:
+        """Keep the next call of ``method`` waiting, before it is processed,
+        until the returned event is set."""
+        gate = asyncio.Event()
+        self._held.setdefault(method, []).append(gate)
+        return gate
 
     def drop_response(self, method: str, times: int = 1) -> None:
         """Process the next ``times`` calls of ``method``, then cut the connection
         instead of answering (a lost response)."""
         self._drop[method] = self._drop.get(method, 0) + times
+
+    async def wait_for_calls(self, method: str, count: int = 1) -> None:
+        """Return once ``count`` calls of ``method`` have arrived (held ones
+        included). Bound it with a deadline."""
+        while len(self.calls(method)) < count:
+            arrival = asyncio.Event()
+            self._arrivals.append(arrival)
+            await arrival.wait()
 
     def calls(self, method: str) -> list[RecordedRequest]:
         """The recorded requests of one API method."""
@@ -221,6 +268,12 @@ class FakeCompute:
             self.requests.append(
                 RecordedRequest(name, request.method, request.path, dict(request.query), body)
             )
+            arrivals, self._arrivals = self._arrivals, []
+            for arrival in arrivals:
+                arrival.set()
+            held = self._held.get(name)
+            if held:
+                await held.pop(0).wait()
             if request.match_info["project"] != self.project:
                 return self._json(_error_body(404, "notFound", "The project was not found"), 404)
             queued = self._errors.get(name)
@@ -332,18 +385,20 @@ class FakeCompute:
     async def _insert(self, request: web.Request, body: Any) -> dict[str, Any]:
         zone = request.match_info["zone"]
         request_id = request.query.get("requestId")
+        name = str(body.get("name", "")) if isinstance(body, dict) else ""
+        conflict = (
+            f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' already exists"
+        )
+        if (zone, name) in self.instances and self._conflicts:
+            code = self._conflicts.pop(0)
+            clash = _OperationError(code, conflict, 409, [])
+            return self._new_operation(zone, "insert", name, None, lambda: _failed(clash))
         if request_id is not None and request_id in self._request_ids:
             return self._new_operation(zone, "insert", "", request_id, lambda: None)
-        if not isinstance(body, dict) or not _NAME.match(str(body.get("name", ""))):
+        if not isinstance(body, dict) or not _NAME.match(name):
             raise _APIError(400, "invalid", "Invalid value for field 'resource.name'")
-        name = body["name"]
         if (zone, name) in self.instances:
-            raise _APIError(
-                409,
-                "alreadyExists",
-                f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' "
-                "already exists",
-            )
+            raise _APIError(409, "alreadyExists", conflict)
         labels = body.get("labels", {})
         if len(labels) > 64 or not all(
             _LABEL_KEY.match(k) and _LABEL_VALUE.match(v) for k, v in labels.items()
@@ -387,22 +442,19 @@ class FakeCompute:
         failures = self._op_errors.get(zone)
         failure = failures.pop(0) if failures else None
         if failure is None and zone in self.exhausted_zones:
-            failure = (
+            failure = _OperationError(
                 "ZONE_RESOURCE_POOL_EXHAUSTED",
                 f"The zone 'projects/{self.project}/zones/{zone}' does not have enough "
-                "resources available to fulfill the request. Try a different zone, or try "
+                "resources available to fulfill the request.  Try a different zone, or try "
                 "again later.",
                 503,
+                [_HELP_DETAIL],
             )
 
         def done() -> dict[str, Any] | None:
             if failure is not None:
                 self.instances.pop((zone, name), None)
-                code, message, status = failure
-                return {
-                    "error": {"errors": [{"code": code, "message": message}]},
-                    "http": {"httpErrorStatusCode": status, "httpErrorMessage": "ERROR"},
-                }
+                return _failed(failure)
             if (zone, name) in self.instances:
                 self.instances[(zone, name)]["status"] = "RUNNING"
             return None
@@ -514,6 +566,34 @@ class FakeCompute:
         await asyncio.sleep(0)
         self._advance(op)
         return op.resource
+
+
+# The troubleshooting link GCE puts in the errorDetails of resource errors.
+_HELP_DETAIL = {
+    "help": {
+        "links": [
+            {
+                "description": "Troubleshooting documentation",
+                "url": "https://cloud.google.com/compute/docs/resource-error",
+            }
+        ]
+    }
+}
+_HTTP_REASONS = {400: "BAD REQUEST", 403: "FORBIDDEN", 409: "CONFLICT", 503: "SERVICE UNAVAILABLE"}
+
+
+def _failed(failure: _OperationError) -> dict[str, Any]:
+    """The ``error`` and ``httpError*`` fields of an operation that failed."""
+    error: dict[str, Any] = {"code": failure.code, "message": failure.message}
+    if failure.details:
+        error["errorDetails"] = failure.details
+    return {
+        "error": {"errors": [error]},
+        "http": {
+            "httpErrorStatusCode": failure.http_status,
+            "httpErrorMessage": _HTTP_REASONS.get(failure.http_status, "ERROR"),
+        },
+    }
 
 
 def _last(url: str) -> str:

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from cloudvm_gce import DRIVER, GCEConfig
 from gce_fake_api import FakeCompute
@@ -86,3 +87,72 @@ def test_public_surface_is_exactly_all() -> None:
     assert sorted(cloudvm_gce.__all__) == cloudvm_gce.__all__
     assert set(cloudvm_gce.__all__) == public
     assert GCEConfig.__module__ == "cloudvm_gce"
+
+
+INSECURE_ENDPOINTS = pytest.mark.parametrize(
+    "endpoint", ["http://10.1.2.3:8080", "http://compute.example.com", "http://127.0.0.1.nip.io"]
+)
+
+
+@INSECURE_ENDPOINTS
+async def test_plain_http_with_real_credentials_is_refused_off_loopback(endpoint: str) -> None:
+    config = {
+        "project": "p",
+        "zones": ["us-central1-a"],
+        "api_endpoint": endpoint,
+        # A key file that does not exist: were the endpoint not refused
+        # first, loading it would be the error.
+        "credentials": "/nonexistent/service-account.json",
+    }
+    with pytest.raises(cloudvm.ConfigError, match="api_endpoint") as info:
+        await _make(config)
+    message = str(info.value)
+    assert "allow_insecure_transport" in message
+    assert "cannot load" not in message  # refused before loading anything
+    assert endpoint.split("//")[1] not in message  # the URL itself is not repeated
+
+
+@INSECURE_ENDPOINTS
+def test_plain_http_with_default_credentials_is_refused_off_loopback(endpoint: str) -> None:
+    # Application Default Credentials are real credentials too. (Checked on
+    # the config alone: loading them would probe for a metadata server.)
+    with pytest.raises(pydantic.ValidationError, match="api_endpoint"):
+        GCEConfig(project="p", zones=["us-central1-a"], api_endpoint=endpoint)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:8080",
+        "http://127.45.6.7",
+        "http://[::1]:8080",
+        "http://localhost:8080",
+        "https://compute.example.com",
+        "https://10.1.2.3:8443",
+    ],
+)
+def test_loopback_http_or_https_is_accepted_with_real_credentials(endpoint: str) -> None:
+    config = GCEConfig(project="p", zones=["us-central1-a"], api_endpoint=endpoint)
+    assert config.api_endpoint == endpoint
+    assert not config.allow_insecure_transport
+
+
+def test_insecure_transport_is_accepted_when_asked_for_by_name() -> None:
+    config = GCEConfig(
+        project="p",
+        zones=["us-central1-a"],
+        api_endpoint="http://10.1.2.3:8080",
+        credentials="/some/key.json",
+        allow_insecure_transport=True,
+    )
+    assert config.allow_insecure_transport
+
+
+def test_anonymous_credentials_may_use_plain_http_anywhere() -> None:
+    config = GCEConfig(
+        project="p",
+        zones=["us-central1-a"],
+        api_endpoint="http://10.1.2.3:8080",
+        credentials="anonymous",
+    )
+    assert config.api_endpoint == "http://10.1.2.3:8080"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import anyio
 import pytest
 from cloudvm_gce import DRIVER
-from cloudvm_gce._errors import QuotaGroupError, classify
+from cloudvm_gce._errors import QuotaGroupError, classify, quota_region
 from gce_fake_api import FakeCompute
 from gce_helpers import IMAGE, ITYPE, ZONES, gce_config
 
@@ -195,3 +198,169 @@ async def test_zone_that_succeeded_last_is_tried_first(fake_gce: FakeCompute) ->
         assert ZONES[1] in fake_gce.calls("insert")[-1].path
         await first.destroy()
         await second.destroy()
+
+
+# The wire formats of GCE's regional quota errors, as recorded: a 403 on the
+# insert itself, and an insert operation that finishes with QUOTA_EXCEEDED
+# and a quotaInfo detail.
+CPUS_MESSAGE = "Quota 'CPUS' exceeded.  Limit: 8.0 in region us-central1."
+N2_CPUS_MESSAGE = "Quota 'N2_CPUS' exceeded.  Limit: 8.0 in region us-central1."
+
+
+def _quota_info(metric: str, region: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "quotaInfo": {
+                "metricName": f"compute.googleapis.com/{metric.lower()}",
+                "limitName": f"{metric.replace('_', '-')}-per-project-region",
+                "limit": 8,
+                "dimensions": {"region": region},
+            }
+        }
+    ]
+
+
+def _regional_quota(fake: FakeCompute, how: str, zone: str) -> None:
+    region = zone.rsplit("-", 1)[0]
+    if how == "http CPUS":
+        message = CPUS_MESSAGE.replace("us-central1", region)
+        fake.fail("insert", 403, "quotaExceeded", message, domain="usageLimits")
+    else:
+        metric = "N2_CPUS" if how == "operation N2_CPUS" else "CPUS"
+        message = N2_CPUS_MESSAGE.replace("N2_CPUS", metric).replace("us-central1", region)
+        fake.fail_operation(
+            zone, "QUOTA_EXCEEDED", message, 403, details=_quota_info(metric, region)
+        )
+
+
+REGIONAL_QUOTAS = pytest.mark.parametrize(
+    "how", ["http CPUS", "operation CPUS", "operation N2_CPUS"]
+)
+
+
+def test_quota_region_is_read_from_gce_messages() -> None:
+    assert quota_region(QuotaError(CPUS_MESSAGE)) == "us-central1"
+    assert quota_region(QuotaError(N2_CPUS_MESSAGE)) == "us-central1"
+    globally = "Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally."
+    assert quota_region(QuotaError(globally)) is None
+
+
+@REGIONAL_QUOTAS
+async def test_regional_quota_is_not_a_zone_problem(
+    gce_set: cloudvm.InstanceSet,
+    fake_gce: FakeCompute,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+) -> None:
+    _regional_quota(fake_gce, how, ZONES[0])
+    with caplog.at_level(logging.DEBUG), pytest.raises(QuotaError) as info:
+        await gce_set.create(ITYPE, IMAGE, {}, InitCommand(""), None)
+    assert info.value.code in ("quotaExceeded", "QUOTA_EXCEEDED")
+    # The other zone is in the same region, under the same quota: not tried.
+    assert len(fake_gce.calls("insert")) == 1
+    assert not any("capacity" in r.getMessage() for r in caplog.records)
+    assert fake_gce.instances == {}
+
+
+async def test_a_family_quota_is_also_quota_group_specific(
+    gce_set: cloudvm.InstanceSet, fake_gce: FakeCompute
+) -> None:
+    _regional_quota(fake_gce, "operation N2_CPUS", ZONES[0])
+    with pytest.raises(QuotaGroupError) as info:
+        await gce_set.create(ITYPE, IMAGE, {}, InitCommand(""), None)
+    assert info.value.quota_group_specific
+    assert not info.value.instance_type_specific
+    assert len(fake_gce.calls("insert")) == 1
+
+
+MULTI_REGION = ["us-central1-a", "us-central1-b", "europe-west1-b"]
+
+
+@REGIONAL_QUOTAS
+async def test_regional_quota_moves_on_to_the_zones_of_other_regions_only(
+    fake_gce: FakeCompute, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    config = gce_config(fake_gce, zones=MULTI_REGION)
+    async with await DRIVER.instance_set(
+        config, InstanceSetID("regions"), {}, logging.getLogger("test.gce")
+    ) as iset:
+        _regional_quota(fake_gce, how, MULTI_REGION[0])
+        with caplog.at_level(logging.DEBUG):
+            inst = await iset.create(ITYPE, IMAGE, {}, InitCommand(""), None)
+        assert [r.path.split("/")[6] for r in fake_gce.calls("insert")] == [
+            MULTI_REGION[0],
+            MULTI_REGION[2],
+        ]
+        assert list(fake_gce.instances) == [(MULTI_REGION[2], inst.id)]
+        assert not any("capacity" in r.getMessage() for r in caplog.records)
+        await inst.destroy()
+
+
+async def test_quota_used_up_in_every_region_raises_the_quota_error(
+    fake_gce: FakeCompute,
+) -> None:
+    config = gce_config(fake_gce, zones=MULTI_REGION)
+    async with await DRIVER.instance_set(
+        config, InstanceSetID("regions"), {}, logging.getLogger("test.gce")
+    ) as iset:
+        _regional_quota(fake_gce, "operation N2_CPUS", MULTI_REGION[0])
+        _regional_quota(fake_gce, "operation N2_CPUS", MULTI_REGION[2])
+        with pytest.raises(QuotaGroupError) as info:
+            await iset.create(ITYPE, IMAGE, {}, InitCommand(""), None)
+        assert "europe-west1" in str(info.value)
+        assert len(fake_gce.calls("insert")) == 2
+        assert fake_gce.instances == {}
+
+
+async def test_project_wide_quota_ends_create_at_once(fake_gce: FakeCompute) -> None:
+    config = gce_config(fake_gce, zones=MULTI_REGION)
+    async with await DRIVER.instance_set(
+        config, InstanceSetID("regions"), {}, logging.getLogger("test.gce")
+    ) as iset:
+        globally = "Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally."
+        fake_gce.fail("insert", 403, "quotaExceeded", globally, domain="usageLimits")
+        with pytest.raises(QuotaError):
+            await iset.create(ITYPE, IMAGE, {}, InitCommand(""), None)
+        assert len(fake_gce.calls("insert")) == 1
+
+
+@pytest.mark.parametrize("code", ["RESOURCE_ALREADY_EXISTS", "alreadyExists"])
+async def test_a_conflict_inside_a_resent_inserts_operation_is_our_own_instance(
+    gce_set: cloudvm.InstanceSet, fake_gce: FakeCompute, code: str
+) -> None:
+    fake_gce.drop_response("insert")  # the first insert is made, its answer lost
+    fake_gce.conflict_in_operation(code)  # the resent one's operation finds the name taken
+    inst = await gce_set.create(ITYPE, IMAGE, {"k": "v"}, InitCommand(""), None)
+    first, second = fake_gce.calls("insert")
+    assert first.query["requestId"] == second.query["requestId"]
+    assert list(fake_gce.instances) == [(ZONES[0], inst.id)]
+    assert inst.tags == {"k": "v"}
+    assert inst.address.startswith("10.128.")
+    assert [i.id for i in await gce_set.instances({"k": "v"})] == [inst.id]
+    await inst.destroy()
+
+
+async def test_a_conflict_inside_the_operation_with_someone_elses_instance_fails(
+    gce_set: cloudvm.InstanceSet, fake_gce: FakeCompute
+) -> None:
+    first_gate = fake_gce.hold("insert")
+    second_gate = fake_gce.hold("insert")
+    first_gate.set()
+    fake_gce.drop_response("insert")
+    fake_gce.conflict_in_operation()
+    task = asyncio.ensure_future(gce_set.create(ITYPE, IMAGE, {}, InitCommand(""), None))
+    try:
+        with anyio.fail_after(30):
+            await fake_gce.wait_for_calls("insert", 2)
+        # Meanwhile the name has become another instance's (another secret).
+        ((_zone, _name), raw) = next(iter(fake_gce.instances.items()))
+        for item in raw["metadata"]["items"]:
+            if item["key"] == "cloudvm-secret":
+                item["value"] = "someone-elses-secret"
+    finally:
+        second_gate.set()
+    with pytest.raises(CloudError) as info:
+        await task
+    assert info.value.code == "RESOURCE_ALREADY_EXISTS"
+    assert not isinstance(info.value, (CapacityError, QuotaError))
+    fake_gce.instances.clear()  # not ours to destroy
