@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal, Self
 
@@ -23,6 +24,16 @@ def _one_or_many(value: object) -> object:
 IDList = Annotated[list[str], pydantic.BeforeValidator(_one_or_many)]
 
 
+def _is_loopback(host: str) -> bool:
+    name = host.removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class EC2Config(pydantic.BaseModel):
     """Config of the ``ec2`` driver. Unknown keys are refused.
 
@@ -31,7 +42,14 @@ class EC2Config(pydantic.BaseModel):
     ================================ ==========================================
     ``region``                       the AWS region (required)
     ``endpoint_url``                 another EC2 endpoint: moto, LocalStack, a
-                                     VPC endpoint (default: AWS's own)
+                                     VPC endpoint (default: AWS's own). Plain
+                                     ``http://`` only to a loopback address
+                                     (127.0.0.0/8, ::1, ``localhost``) unless
+                                     ``allow_insecure_transport`` is true
+    ``allow_insecure_transport``     ``true`` lets ``endpoint_url`` use plain
+                                     http to any host: signed requests,
+                                     session tokens and instance secrets then
+                                     cross the network unencrypted
     ``access_key_id``,               static credentials; both or neither.
     ``secret_access_key``,           Without them the standard AWS chain is
     ``session_token``                used (environment, profile, instance role)
@@ -76,6 +94,8 @@ class EC2Config(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     region: str = pydantic.Field(min_length=1)
+    # Declared before endpoint_url, whose check reads it.
+    allow_insecure_transport: pydantic.StrictBool = False
     endpoint_url: pydantic.AnyHttpUrl | None = None
     access_key_id: str | None = pydantic.Field(default=None, min_length=1)
     secret_access_key: pydantic.SecretStr | None = None
@@ -98,6 +118,22 @@ class EC2Config(pydantic.BaseModel):
     lost_response_retries: int = pydantic.Field(default=2, ge=0, le=10)
     metadata_timeout: float = pydantic.Field(default=10.0, gt=0.0)
     set_tags_timeout: float = pydantic.Field(default=30.0, gt=0.0)
+
+    @pydantic.field_validator("endpoint_url")
+    @classmethod
+    def _check_transport(
+        cls, value: pydantic.AnyHttpUrl | None, info: pydantic.ValidationInfo
+    ) -> pydantic.AnyHttpUrl | None:
+        if value is None or value.scheme != "http" or _is_loopback(value.host or ""):
+            return value
+        if info.data.get("allow_insecure_transport"):
+            return value
+        # The URL itself is not repeated: it may carry user:password.
+        raise ValueError(
+            "plain http is accepted only to a loopback address (127.0.0.0/8, ::1, "
+            "localhost); use https, or set allow_insecure_transport: true to send "
+            "signed requests and instance secrets unencrypted"
+        )
 
     @pydantic.field_validator("subnet_ids")
     @classmethod

@@ -513,9 +513,8 @@ class EC2InstanceSet(InstanceSetBase):
 
     async def _stop(self) -> None:
         if self._exit_stack is not None:
-            # Shielded: a cancelled stop must still close the HTTP session.
-            with anyio.CancelScope(shield=True):
-                await self._exit_stack.aclose()
+            # A cancelled stop must still close the HTTP session.
+            await run_critical(self._exit_stack.aclose)
 
     # -- calls --------------------------------------------------------------
 
@@ -892,8 +891,7 @@ async def _new_instance_set(
     try:
         client = await _open_client(parsed, stack)
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await stack.aclose()
+        await run_critical(stack.aclose)
         raise
     return EC2InstanceSet(parsed, id, shared, logger, metrics, client, stack)
 

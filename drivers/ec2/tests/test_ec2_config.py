@@ -146,3 +146,50 @@ async def test_user_data_mode_allows_any_tag_key(make_set: MakeSet, world: World
 
 def test_ec2_config_helper_is_valid(world: World) -> None:
     parse(ec2_config(world))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://ec2.example.com",
+        "http://10.0.0.5:5000",
+        "http://[fe80::1]:5000",
+        "http://localhost.example.com",
+        "http://127.0.0.1.nip.io",
+        "http://user:hunter2@vpce.example.com",
+    ],
+)
+async def test_plain_http_to_another_host_is_refused(url: str) -> None:
+    with pytest.raises(cloudvm.ConfigError, match="endpoint_url") as caught:
+        parse({**MINIMAL, "endpoint_url": url})
+    assert "allow_insecure_transport" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    driver = cloudvm.load_driver("ec2")
+    with pytest.raises(cloudvm.ConfigError, match="endpoint_url"):
+        await driver.instance_set(
+            {**MINIMAL, "endpoint_url": url}, cloudvm.InstanceSetID("s"), {}, logging.getLogger("t")
+        )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:5000",
+        "http://127.8.9.10",
+        "http://[::1]:5000",
+        "http://localhost:4566",
+        "http://LOCALHOST",
+        "https://ec2.example.com",
+        "https://10.0.0.5",
+    ],
+)
+def test_https_or_loopback_endpoints_are_accepted(url: str) -> None:
+    assert parse({**MINIMAL, "endpoint_url": url}).endpoint_url is not None
+
+
+def test_plain_http_elsewhere_needs_the_explicit_flag() -> None:
+    config = parse(
+        {**MINIMAL, "endpoint_url": "http://ec2.example.com", "allow_insecure_transport": True}
+    )
+    assert config.allow_insecure_transport
+    assert parse(MINIMAL).allow_insecure_transport is False
