@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import urllib.parse
 from typing import Self
 
 import pydantic
@@ -22,6 +24,12 @@ class AzureConfig(pydantic.BaseModel):
     Credentials: give ``tenant_id``, ``client_id`` and ``client_secret``
     together for a service principal, or none of them for azure-identity's
     default chain (environment, managed identity, ...). Times are seconds.
+
+    Transport: the bearer token and the instances' secrets travel to
+    ``base_url``. Plain ``http://`` or ``connection_verify: false`` (any
+    server's certificate accepted) is allowed only for a loopback address
+    (127.0.0.0/8, ``::1``, ``localhost``), or anywhere with
+    ``allow_insecure_transport: true``.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
@@ -43,10 +51,14 @@ class AzureConfig(pydantic.BaseModel):
     subnet: str = pydantic.Field(min_length=1)
     #: The resource group of ``network`` (default: ``resource_group``).
     network_resource_group: str | None = None
-    #: The ARM endpoint: another cloud's, or a local server's in tests. HTTPS only.
+    #: The ARM endpoint: another cloud's, or a local server's in tests. HTTPS,
+    #: unless loopback or ``allow_insecure_transport``.
     base_url: str = "https://management.azure.com"
-    #: Verify the endpoint's TLS certificate (off only for a local test server).
+    #: Verify the ARM endpoint's TLS certificate (off only for a loopback
+    #: address, unless ``allow_insecure_transport``).
     connection_verify: bool = True
+    #: Accept plain http or an unverified certificate for any ``base_url``.
+    allow_insecure_transport: bool = False
     #: The admin user, who gets the public key and passwordless sudo.
     admin_username: str = "cloudvm"
     #: The storage SKU of OS and scratch disks (None: Azure's default).
@@ -73,10 +85,19 @@ class AzureConfig(pydantic.BaseModel):
     @pydantic.field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        # azure-core refuses to send bearer tokens over plain http.
-        if not value.startswith("https://"):
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError("must be an https:// URL")
         return value.rstrip("/")
+
+    @pydantic.field_validator("authority")
+    @classmethod
+    def _check_authority(cls, value: str | None) -> str | None:
+        # The client secret goes there: azure-identity takes a host name or
+        # an https URL.
+        if value is not None and "://" in value and not value.lower().startswith("https://"):
+            raise ValueError("must be a host name or an https:// URL")
+        return value
 
     @pydantic.field_validator("admin_username")
     @classmethod
@@ -84,6 +105,30 @@ class AzureConfig(pydantic.BaseModel):
         if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value) or value in _RESERVED_USERS:
             raise ValueError("must be a Linux user name that Azure allows (not root, admin, ...)")
         return value
+
+    @property
+    def plain_http(self) -> bool:
+        """True when ``base_url`` is a plain ``http://`` URL."""
+        return urllib.parse.urlsplit(self.base_url).scheme == "http"
+
+    @pydantic.model_validator(mode="after")
+    def _check_transport(self) -> Self:
+        if self.allow_insecure_transport or _is_loopback_url(self.base_url):
+            return self
+        # The URL is not repeated: it may carry user information.
+        if self.plain_http:
+            raise ValueError(
+                "base_url: plain http would send the bearer token and the instances' "
+                "secrets unencrypted; use https, a loopback address (127.0.0.0/8, ::1, "
+                "localhost), or set allow_insecure_transport: true"
+            )
+        if not self.connection_verify:
+            raise ValueError(
+                "connection_verify: false would send the bearer token to any server "
+                "that answers; allowed only for a loopback base_url (127.0.0.0/8, ::1, "
+                "localhost), or with allow_insecure_transport: true"
+            )
+        return self
 
     @pydantic.model_validator(mode="after")
     def _check_credentials(self) -> Self:
@@ -98,3 +143,15 @@ class AzureConfig(pydantic.BaseModel):
                 "(or none of them, for the default credential chain)"
             )
         return self
+
+
+def _is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is a loopback address: 127.0.0.0/8, ``::1``
+    or ``localhost`` (a name the resolver keeps on the machine)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -17,6 +17,8 @@ import asyncssh
 import httpx
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.network.aio import NetworkManagementClient
 
@@ -284,6 +286,10 @@ class AzureInstanceSet(InstanceSetBase):
             "connection_timeout": config.request_timeout,
             "read_timeout": config.request_timeout,
         }
+        if config.plain_http:
+            # Allowed by the config (a loopback address, or insecure transport
+            # asked for); azure-core would refuse the bearer token otherwise.
+            options["per_call_policies"] = [_PlainHttpAllowed()]
         self._compute = ComputeManagementClient(credential, config.subscription_id, **options)
         self._network = NetworkManagementClient(credential, config.subscription_id, **options)
         network_group = config.network_resource_group or config.resource_group
@@ -748,6 +754,14 @@ class AzureInstanceSet(InstanceSetBase):
         await self._network.close()
         if self._owns_credential:
             await self._credential.close()
+
+
+class _PlainHttpAllowed(SansIOHTTPPolicy[Any, Any]):
+    """Lets azure-core's bearer-token policy send the token over plain http,
+    as the config allowed (it checks ``enforce_https`` in the request's context)."""
+
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        request.context["enforce_https"] = False
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """A faithful local Azure Resource Manager API for the driver's tests.
 
 It serves HTTPS (a self-signed certificate made at start with
-``cryptography``) and speaks ARM's wire format for the three resource types
-the driver uses, modelled on the public REST reference:
+``cryptography``; plain HTTP with ``tls=False``) and speaks ARM's wire
+format for the three resource types the driver uses, modelled on the public
+REST reference:
 
 - ``Microsoft.Compute/virtualMachines``, ``Microsoft.Network/networkInterfaces``
   and ``Microsoft.Compute/disks``: PUT, GET, PATCH (tags), DELETE, and list by
@@ -173,7 +174,15 @@ class FakeARM:
     """The fake ARM server; ``async with FakeARM() as arm:`` then use
     :attr:`base_url`. Resources are keyed by lower-case resource id."""
 
-    def __init__(self, *, page_size: int = 50, lro_polls: int = 1, lro_retry_after: int = 0):
+    def __init__(
+        self,
+        *,
+        page_size: int = 50,
+        lro_polls: int = 1,
+        lro_retry_after: int = 0,
+        tls: bool = True,
+    ):
+        self.tls = tls
         self.page_size = page_size
         self.lro_polls = lro_polls
         self.lro_retry_after = lro_retry_after
@@ -191,15 +200,17 @@ class FakeARM:
 
     @property
     def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> FakeARM:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        with tempfile.TemporaryDirectory() as tmp:
-            context = _self_signed(Path(tmp))
+        context = None
+        if self.tls:
+            with tempfile.TemporaryDirectory() as tmp:
+                context = _self_signed(Path(tmp))
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         server = site._server

@@ -38,7 +38,11 @@ def test_all_lists_exactly_the_public_names() -> None:
     [
         ({"subscription_id": None}, "subscription_id"),
         ({"resource_group": "bad/name"}, "resource_group"),
-        ({"base_url": "http://127.0.0.1:1"}, "base_url"),
+        ({"base_url": "ftp://127.0.0.1:1"}, "base_url"),
+        ({"base_url": "http://arm.example.com"}, "base_url"),
+        ({"base_url": "https://arm.example.com"}, "connection_verify"),
+        ({"allow_insecure_transport": "sometimes"}, "allow_insecure_transport"),
+        ({"authority": "http://login.example.com"}, "authority"),
         ({"connection_verify": "maybe"}, "connection_verify"),
         ({"admin_username": "root"}, "admin_username"),
         ({"lro_polling_interval": -1}, "lro_polling_interval"),
@@ -54,6 +58,65 @@ async def test_bad_config_is_refused_naming_the_field(
         await cloudvm_azure.DRIVER.instance_set(config, SET_ID, {}, logging.getLogger("t"))
     assert field in str(caught.value)
     assert arm.requests == []
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://127.0.0.1:1",
+        "https://127.9.8.7:1",
+        "https://[::1]:1",
+        "https://localhost:1",
+        "https://LocalHost.:1/",
+        "http://127.0.0.1:1",
+        "http://[::1]:1",
+    ],
+)
+async def test_insecure_transport_is_allowed_to_loopback_addresses(base_url: str) -> None:
+    config = make_config(FakeARM(), base_url=base_url, connection_verify=False)
+    async with await cloudvm_azure.DRIVER.instance_set(config, SET_ID, {}, logging.getLogger("t")):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("base_url", "verify", "field"),
+    [
+        ("http://arm.example.com", True, "base_url"),
+        ("HTTP://10.1.2.3:8080", True, "base_url"),
+        ("https://arm.example.com", False, "connection_verify"),
+        ("https://10.0.0.1", False, "connection_verify"),
+        ("https://127.0.0.1.example.com", False, "connection_verify"),
+        ("https://localhost.example.com", False, "connection_verify"),
+        ("https://[::2]", False, "connection_verify"),
+    ],
+)
+async def test_insecure_transport_to_other_hosts_needs_the_explicit_flag(
+    base_url: str, verify: bool, field: str
+) -> None:
+    config = make_config(FakeARM(), base_url=base_url, connection_verify=verify)
+    with pytest.raises(ConfigError) as caught:
+        await cloudvm_azure.DRIVER.instance_set(config, SET_ID, {}, logging.getLogger("t"))
+    assert f"{field}:" in str(caught.value)
+    assert "allow_insecure_transport: true" in str(caught.value)
+    config["allow_insecure_transport"] = True
+    async with await cloudvm_azure.DRIVER.instance_set(config, SET_ID, {}, logging.getLogger("t")):
+        pass
+
+
+async def test_plain_http_to_a_loopback_server_works(
+    credential: FakeCredential, logger: logging.Logger
+) -> None:
+    async with FakeARM(tls=False) as arm:
+        config = make_config(arm, connection_verify=True)
+        assert config["base_url"].startswith("http://127.0.0.1:")
+        async with await cloudvm_azure.open_instance_set(
+            config, SET_ID, {}, logger, credential=credential
+        ) as instance_set:
+            instance = await instance_set.create(SMALL, IMAGE, {}, InitCommand(""), None)
+            assert [i.id for i in await instance_set.instances()] == [instance.id]
+            await instance.destroy()
+        assert_nothing_left(arm)
+        assert arm.requests[0].headers["authorization"] == "Bearer fake-arm-token"
 
 
 async def test_config_errors_never_echo_the_client_secret(arm: FakeARM) -> None:
