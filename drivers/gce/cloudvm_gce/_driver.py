@@ -227,6 +227,8 @@ class GCEInstance:
                 f"{self}: no host key published yet and no connection to read the secret through"
             )
         try:
+            # The client's deadline bounds its requests, answers read to their
+            # end; the scope also bounds opening and closing it: one deadline.
             with anyio.fail_after(_VERIFY_DEADLINE):
                 async with metadata_client(conn, timeout=_VERIFY_DEADLINE) as client:
                     response = await client.get(
