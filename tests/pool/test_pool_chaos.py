@@ -204,7 +204,7 @@ async def test_a_thousand_jobs_through_faults_and_a_restart_complete_exactly_onc
         c.instance_id: c.called for c in made if c.args["instance_type"] == BROKEN.provider_type
     }
     assert len(broken) >= 3
-    first_destroy = {}
+    first_destroy: dict[str | None, float] = {}
     for c in cloud.calls:
         if c.operation == "destroy" and c.instance_id in broken:
             first_destroy.setdefault(c.instance_id, c.called)
