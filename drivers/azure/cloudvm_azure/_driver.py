@@ -281,6 +281,9 @@ class AzureInstanceSet(InstanceSetBase):
             "credential_scopes": [f"{config.base_url}/.default"],
             # azure-core would retry 429 ten times; throttling must surface.
             "retry_total": 0,
+            # Never log bodies: they carry the custom data and the instance
+            # secret (the HTTP logging policy logs headers, the token redacted).
+            "logging_enable": False,
             "polling_interval": config.lro_polling_interval,
             "connection_verify": config.connection_verify,
             "connection_timeout": config.request_timeout,

@@ -17,6 +17,9 @@ REST reference:
   ``deleteOption`` is ``Delete``. A NIC in use cannot be deleted (400
   ``NicInUse``), nor an attached disk (409 ``OperationNotAllowed``).
 - Errors are ARM's JSON, ``{"error": {"code": ..., "message": ...}}``.
+- Entra ID's token endpoint (``POST /{tenant}/oauth2/v2.0/token``, the
+  client-credentials grant) for the service principals in
+  :attr:`FakeARM.clients`; once it has issued a token, ARM accepts no other.
 
 Knobs, not scripts: :meth:`FakeARM.inject` answers matching requests with an
 error (any status, code, headers: 429 with or without ``Retry-After``, quota,
@@ -30,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import hmac
 import ipaddress
 import json
 import re
+import secrets
 import ssl
 import tempfile
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -63,6 +69,7 @@ _ITEM = re.compile(
     r"(?P<ns>[^/]+)/(?P<type>[^/]+)(?:/(?P<name>[^/]+))?$",
     re.IGNORECASE,
 )
+_TOKEN = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token$")
 _OPERATION = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/providers/(?P<ns>[^/]+)/locations/(?P<loc>[^/]+)/"
     r"(?P<kind>operations|operationResults)/(?P<op>[^/]+)$",
@@ -194,6 +201,10 @@ class FakeARM:
         self._operations: dict[str, _Operation] = {}
         self._runner: web.AppRunner | None = None
         self._next_ip = 4
+        #: Service principals the token endpoint knows: (tenant, client id) -> secret.
+        self.clients: dict[tuple[str, str], str] = {}
+        #: Access tokens it issued; once there is one, ARM accepts only those.
+        self.tokens: list[str] = []
         #: Requests being handled right now (a held one counts).
         self.in_flight = 0
         self.port = 0
@@ -304,6 +315,8 @@ class FakeARM:
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        if request.method == "POST" and (match := _TOKEN.match(request.path)):
+            return self._token(match.group("tenant"), raw)
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -325,6 +338,8 @@ class FakeARM:
                 "Authentication failed. The 'Authorization' header is missing.",
                 **{"WWW-Authenticate": 'Bearer authorization_uri="https://login"'},
             )
+        if self.tokens and auth.removeprefix("Bearer ") not in self.tokens:
+            return _arm_error(401, "InvalidAuthenticationToken", "The access token is invalid.")
         if "api-version" not in request.query:
             return _arm_error(
                 400,
@@ -379,6 +394,34 @@ class FakeARM:
         if request.method == "DELETE":
             return self._delete(request, rid, rtype)
         return _arm_error(405, "MethodNotAllowed", f"{request.method} is not supported.")
+
+    def _token(self, tenant: str, raw: bytes) -> web.Response:
+        """Entra ID's token endpoint, for the client-credentials grant."""
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode()).items()}
+        key = (tenant, form.get("client_id", ""))
+        if form.get("grant_type") != "client_credentials" or key not in self.clients:
+            return web.json_response(
+                {"error": "unauthorized_client", "error_description": "AADSTS700016: unknown."},
+                status=400,
+            )
+        if not hmac.compare_digest(form.get("client_secret", ""), self.clients[key]):
+            return web.json_response(
+                {
+                    "error": "invalid_client",
+                    "error_description": "AADSTS7000215: Invalid client secret provided.",
+                },
+                status=401,
+            )
+        token = secrets.token_urlsafe(32)
+        self.tokens.append(token)
+        return web.json_response(
+            {
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "ext_expires_in": 3599,
+                "access_token": token,
+            }
+        )
 
     def _list(self, request: web.Request, prefix: str, rtype: str) -> web.Response:
         scope = f"{prefix}/providers/{rtype}/".lower()
