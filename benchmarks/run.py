@@ -23,6 +23,7 @@ import _cloud
 import _fanout
 import _latency
 import _memory
+import _pool
 import _throttle
 import anyio
 from _report import machine, plot, table, write_json
@@ -34,6 +35,7 @@ CASES: dict[str, Callable[..., Awaitable[CaseResult]]] = {
     "throttle": _throttle.run,
     "memory": _memory.run,
     "cloud": _cloud.run,
+    "pool": _pool.run,
 }
 DEFAULT_OUT = Path(__file__).parent / "results"
 

@@ -25,7 +25,7 @@ import itertools
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -223,6 +223,7 @@ class WorkerPool:
                 f"instance_set must be an InstanceSet, not {type(instance_set).__name__}"
             )
         self._clock: PoolClock = clock if clock is not None else SystemPoolClock()
+        self._real_time = type(self._clock) is SystemPoolClock
         self._logger = logger if logger is not None else logging.getLogger("cloudvm.pool")
         if isinstance(instance_set, ResilientInstanceSet):
             self._set: InstanceSet = instance_set
@@ -646,15 +647,30 @@ class WorkerPool:
         if seconds <= 0:
             await self._clock.sleep(0)
             return
+        await self._within(seconds, event.wait)
+
+    async def _within(self, seconds: float, operation: Callable[[], Awaitable[object]]) -> bool:
+        """Await ``operation()``, cancelling it after ``seconds`` on the pool
+        clock. Returns True if it was cut short."""
+        if self._real_time:  # the loop's own timers: no helper task per wait
+            with anyio.move_on_after(seconds) as limit:
+                await operation()
+            return limit.cancelled_caught
+        timed_out = False
         async with anyio.create_task_group() as tg:
 
             async def alarm() -> None:
+                nonlocal timed_out
                 await self._clock.sleep(seconds)
+                timed_out = True
                 tg.cancel_scope.cancel()
 
             tg.start_soon(alarm)
-            await event.wait()
-            tg.cancel_scope.cancel()
+            try:
+                await operation()
+            finally:
+                tg.cancel_scope.cancel()
+        return timed_out
 
     # ------------------------------------------------------------------ state changes
 
@@ -939,24 +955,17 @@ class WorkerPool:
     async def _probe(self, record: _WorkerRecord, scope: anyio.CancelScope) -> None:
         started = self._clock.now()
         error: BaseException | None = None
-        timed_out = False
         with scope:
-            async with anyio.create_task_group() as tg:
 
-                async def alarm() -> None:
-                    nonlocal timed_out
-                    await self._clock.sleep(self._config.timeout_probe_command)
-                    timed_out = True
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(alarm)
+            async def probe() -> None:
+                nonlocal error
                 try:
                     executor = self._executor_of(record)
                     await executor.execute(self._config.boot_probe_command)
                 except Exception as exc:
                     error = exc
-                finally:
-                    tg.cancel_scope.cancel()
+
+            timed_out = await self._within(self._config.timeout_probe_command, probe)
         if record.probe_scope is scope:
             record.probe_scope = None
         if scope.cancelled_caught or record.removed or record.state is WorkerState.SHUTDOWN:

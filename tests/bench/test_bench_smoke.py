@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 RUN = Path(__file__).parents[2] / "benchmarks" / "run.py"
-CASES = {"latency", "fanout", "throttle", "memory", "cloud"}
+CASES = {"latency", "fanout", "throttle", "memory", "cloud", "pool"}
 
 
 def test_every_case_runs_quick_and_writes_its_json(tmp_path: Path) -> None:
