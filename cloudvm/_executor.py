@@ -368,8 +368,10 @@ class SSHExecutor:
             async with self._sessions:
                 try:
                     process = await self._open_session(conn, full_cmd)
-                except (*_CONNECTION_GONE, asyncssh.ChannelOpenError):
+                except (*_CONNECTION_GONE, asyncssh.ChannelOpenError) as exc:
                     if not conn.is_closed() or attempt == 1:
+                        if isinstance(exc, asyncssh.Error):
+                            escape_reason(exc)  # the server's own words
                         raise
                     self._logger.info("connection to %s dropped; reconnecting", self._target)
                     self._discard_live(conn)

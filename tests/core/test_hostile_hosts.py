@@ -75,10 +75,17 @@ class _HostileSSHServer(InstanceSSHServer):
         client_key: asyncssh.SSHKey,
         serve: Callable[[Reader, Writer], Awaitable[None]] | None,
         refusal: str,
+        goodbye: str,
     ) -> None:
         super().__init__(username=None, authorized_keys=[client_key], metadata=None)
         self._serve = serve
         self._refusal = refusal
+        self._goodbye = goodbye
+
+    def begin_auth(self, username: str) -> bool:
+        if self._goodbye:
+            raise asyncssh.DisconnectError(asyncssh.DISC_BY_APPLICATION, self._goodbye)
+        return super().begin_auth(username)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -95,10 +102,12 @@ async def hostile_host(
     respond: Respond | None = None,
     handler: HTTPHandler | None = None,
     refusal: str = "",
+    goodbye: str = "",
 ) -> AsyncIterator[HostileHost]:
     """A host answering each metadata request with ``respond`` (raw h11
     frames), with ``handler`` (a well-formed HTTP answer), or refusing the
-    channel with ``refusal`` as the reason."""
+    channel with ``refusal`` as the reason; with ``goodbye``, one that
+    disconnects with that reason before login."""
     host = HostileHost()
 
     async def framed(reader: Reader, writer: Writer) -> None:
@@ -136,7 +145,7 @@ async def hostile_host(
         "127.0.0.1",
         0,
         server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        server_factory=lambda: _HostileSSHServer(client_key, serve, refusal),
+        server_factory=lambda: _HostileSSHServer(client_key, serve, refusal, goodbye),
         process_factory=record,
         encoding=None,
     )
@@ -309,6 +318,17 @@ async def test_a_channel_refusal_reason_is_never_echoed_raw(
         error = await _prove(host, client_key, target_class)
     assert "\\x1b]0;pwned\\x07\\x9b31m" in str(error)
     for exc in _chain(error):
+        assert not has_control_chars(str(exc)), repr(exc)
+
+
+async def test_a_disconnect_reason_is_never_echoed_raw(client_key: asyncssh.SSHKey) -> None:
+    async with hostile_host(client_key, goodbye=_HOSTILE_TEXT) as host:
+        target = ImdsTarget(host.address)
+        async with cloudvm.SSHExecutor(target, signers=[client_key]) as ex:
+            with pytest.raises(asyncssh.DisconnectError) as info:
+                await ex.execute("true")
+    assert "\\x1b]0;pwned\\x07\\x9b31m" in str(info.value)
+    for exc in _chain(info.value):
         assert not has_control_chars(str(exc)), repr(exc)
 
 
