@@ -47,6 +47,7 @@ from cloudvm.driverkit import (
     metadata_client,
     new_secret,
     parse_config,
+    printable,
     run_critical,
     validate_init_command,
     validate_tags,
@@ -210,42 +211,69 @@ class AzureInstance:
         self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
     ) -> None:
         """Prove the host through Azure IMDS: through ``conn`` ask
-        169.254.169.254 (``Metadata: true``) for the instance's tags and
-        compare its ``cloudvm-secret`` tag with the one create stored, in
-        constant time. HostKeyError when it differs or cannot be read;
-        NotImplementedError when ``conn`` is None."""
+        169.254.169.254 (``Metadata: true``) for the instance's metadata and
+        compare the ``cloudvm-secret`` entry of its ``compute.tagsList`` with
+        the secret create stored, in constant time. The host is not proven
+        yet: the exchange has one deadline (IMDS_TIMEOUT seconds, opening
+        the channel included), the answer is bounded and never decompressed
+        (:func:`cloudvm.driverkit.metadata_client`), and text the host chose
+        reaches errors only escaped (:func:`cloudvm.driverkit.printable`).
+
+        Returns None when the secrets match. Raises HostKeyError when the VM
+        carries no secret, or the host's answer is missing, late, malformed
+        or holds another secret; NotImplementedError when ``conn`` is None.
+        """
         if conn is None:
             raise NotImplementedError("azure verifies host keys only through a live connection")
         expected = self._all_tags.get(SECRET_TAG)
         if not expected:
             raise HostKeyError(f"{self}: the VM carries no {SECRET_TAG} tag to check against")
+        deadline = IMDS_TIMEOUT
         try:
-            with anyio.fail_after(IMDS_TIMEOUT):
-                async with metadata_client(conn) as client:
+            # The client's deadline bounds its requests, answers read to their
+            # end; the scope also bounds opening and closing it: one deadline.
+            with anyio.fail_after(deadline):
+                async with metadata_client(conn, timeout=deadline) as client:
                     response = await client.get(
                         "/metadata/instance",
                         params={"api-version": IMDS_API_VERSION},
                         headers={"Metadata": "true"},
                     )
-                    response.raise_for_status()
-                    document = response.json()
-        except (httpx.HTTPError, ValueError, TimeoutError, OSError, asyncssh.Error) as exc:
-            raise HostKeyError(f"{self}: cannot read Azure IMDS: {type(exc).__name__}") from exc
-        tags_list = _get(document, "compute", "tagsList")
-        presented = None
-        if isinstance(tags_list, list):
-            for item in tags_list:
-                if isinstance(item, dict) and item.get("name") == SECRET_TAG:
-                    presented = item.get("value")
-        if not isinstance(presented, str):
-            raise HostKeyError(f"{self}: the host's metadata carries no instance secret")
-        check_secret(presented, expected)
+        except (TimeoutError, httpx.TimeoutException):
+            raise HostKeyError(f"{self}: Azure IMDS did not answer within {deadline:g} s") from None
+        except (httpx.HTTPError, OSError, asyncssh.Error) as exc:
+            # The reason may be text the unproven host chose: escape it.
+            reason = printable(str(exc), limit=120)
+            raise HostKeyError(
+                f"{self}: cannot read Azure IMDS ({type(exc).__name__}: {reason})"
+            ) from None
+        if response.status_code != 200:
+            raise HostKeyError(f"{self}: Azure IMDS answered HTTP {response.status_code}")
+        try:
+            document = response.json()
+        except ValueError:
+            raise HostKeyError(f"{self}: the answer of Azure IMDS is not JSON") from None
+        check_secret(_presented_secret(document, self), expected)
 
     def __str__(self) -> str:
         return self.id
 
     def __repr__(self) -> str:
         return f"<AzureInstance {self.id} address={self._address!r} tags={self.tags!r}>"
+
+
+def _presented_secret(document: object, who: object) -> str:
+    """The ``cloudvm-secret`` value of an IMDS instance document's
+    ``compute.tagsList``; HostKeyError when there is none."""
+    tags_list = _get(document, "compute", "tagsList") if isinstance(document, Mapping) else None
+    presented = None
+    if isinstance(tags_list, list):
+        for item in tags_list:
+            if isinstance(item, Mapping) and item.get("name") == SECRET_TAG:
+                presented = item.get("value")
+    if not isinstance(presented, str):
+        raise HostKeyError(f"{who}: the host's metadata carries no instance secret")
+    return presented
 
 
 class AzureInstanceSet(InstanceSetBase):
