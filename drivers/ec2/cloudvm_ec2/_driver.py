@@ -66,6 +66,7 @@ from ._keys import aws_fingerprints, key_pair_name, public_key_material
 from ._metrics import EC2Metrics
 from ._prices import SpotPriceCache, normalize_prices, scratch_price_per_hour
 from ._quota import QUOTA_GROUPS, quota_group
+from ._redact import install_redaction
 from ._tags import TagChange, plan_tag_change
 
 if TYPE_CHECKING:
@@ -897,7 +898,8 @@ async def _new_instance_set(
 
 
 async def _open_client(config: EC2Config, stack: contextlib.AsyncExitStack) -> EC2Client:
-    """One aiobotocore EC2 client with SDK retries off, entered on ``stack``."""
+    """One aiobotocore EC2 client with SDK retries off, entered on ``stack``;
+    botocore's own debug logs redacted."""
     from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
     from aiobotocore.session import AioSession  # type: ignore[import-untyped]
 
@@ -913,6 +915,7 @@ async def _open_client(config: EC2Config, stack: contextlib.AsyncExitStack) -> E
             loader.load_service_model("ec2", kind)
         return session
 
+    install_redaction()
     session = await anyio.to_thread.run_sync(prepare)
     aio_config = AioConfig(
         # Throttling must reach the caller as RateLimitError, not be retried

@@ -1,7 +1,7 @@
 """EC2's error codes, classified by what the caller should do next.
 
 The tables follow what the Arvados EC2 driver does (and Karpenter, for two
-capacity codes); see REFERENCE.md section 1. Everything here is pure: the
+capacity codes). Everything here is pure: the
 driver feeds it a code and a message and gets a decision back, so each rule
 has a table-driven test (``tests/test_ec2_errors.py``).
 """

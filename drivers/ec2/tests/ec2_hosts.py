@@ -13,9 +13,11 @@ its tags as moto holds them now, and its user data.
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio.to_thread
+import asyncssh
 from cloudvm_ec2 import DRIVER
 from ec2_support import REGION, boto_client
 from moto.core.models import DEFAULT_ACCOUNT_ID
@@ -23,9 +25,26 @@ from moto.ec2.models import ec2_backends
 
 from cloudvm import Instance
 from cloudvm.driverkit import RESERVED_TAG_PREFIX
-from cloudvm.testing import HostBoot, HostedDriver, IMDSv2Service
+from cloudvm.testing import HostBoot, HostedDriver, IMDSv2Service, SSHTestServer
 
-__all__ = ["ec2_boot", "hosted_driver", "tags_from_moto", "user_tags_in_moto"]
+__all__ = ["connect", "ec2_boot", "hosted_driver", "tags_from_moto", "user_tags_in_moto"]
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    server: SSHTestServer, key: asyncssh.SSHKey
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """A plain connection to a test host, using nothing from the environment."""
+    async with asyncssh.connect(
+        "127.0.0.1",
+        server.port,
+        username="admin",
+        client_keys=[key],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    ) as conn:
+        yield conn
 
 
 def tags_from_moto(instance_id: str) -> Callable[[], Mapping[str, str]]:

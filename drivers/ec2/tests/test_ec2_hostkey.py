@@ -6,13 +6,11 @@ SSH executor."""
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import AsyncIterator
 
 import asyncssh
 import pytest
 from cloudvm_ec2 import EC2Instance
-from ec2_hosts import tags_from_moto
+from ec2_hosts import connect, tags_from_moto
 from ec2_support import MakeSet, World, itype
 
 import cloudvm
@@ -24,23 +22,6 @@ from cloudvm.testing import (
     RedirectedTarget,
     SSHTestServer,
 )
-
-
-@contextlib.asynccontextmanager
-async def connect(
-    server: SSHTestServer, key: asyncssh.SSHKey
-) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    """A plain connection to ``server``, using nothing from the environment."""
-    async with asyncssh.connect(
-        "127.0.0.1",
-        server.port,
-        username="admin",
-        client_keys=[key],
-        known_hosts=None,
-        agent_path=None,
-        config=None,
-    ) as conn:
-        yield conn
 
 
 @pytest.fixture(scope="module")
