@@ -205,14 +205,14 @@ async def test_stop_cancelled_anywhere_still_ends_the_sweep_and_closes(
     await _fuzz(by, stop, after_each)
 
 
-async def _one_instance(
-    sets: _Sets, arm: FakeARM, tags: InstanceTags = OLD_TAGS
-) -> tuple[cloudvm_azure.AzureInstanceSet, Instance]:
+async def _one_instance(sets: _Sets, arm: FakeARM) -> dict[str, Instance]:
+    """A fresh set's view of the one VM (created with OLD_TAGS if there is
+    none), in a holder that after_each refills for the next run."""
     instance_set = await sets.open()
     if not arm.of_type(VM):
-        await instance_set.create(WITH_SCRATCH, IMAGE, tags, InitCommand(""), None)
+        await instance_set.create(WITH_SCRATCH, IMAGE, OLD_TAGS, InitCommand(""), None)
     (instance,) = await instance_set.instances()
-    return instance_set, instance
+    return {"instance": instance}
 
 
 @BY
@@ -220,10 +220,9 @@ async def test_set_tags_cancelled_anywhere_leaves_old_or_new_tags(
     arm: FakeARM, credential: FakeCredential, by: CancelBy
 ) -> None:
     sets = _Sets(arm, credential)
-    _, instance = await _one_instance(sets, arm)
+    current = await _one_instance(sets, arm)
     (vm,) = arm.of_type(VM)
     original = dict(vm["tags"])
-    current: dict[str, Any] = {"instance": instance}
 
     async def set_tags() -> None:
         await current["instance"].set_tags(NEW_TAGS)
@@ -241,7 +240,7 @@ async def test_set_tags_cancelled_anywhere_leaves_old_or_new_tags(
             assert current["instance"].tags == NEW_TAGS
             return
         stored["tags"] = dict(original)  # back to the old tags for the next run
-        _, current["instance"] = await _one_instance(sets, arm)
+        current.update(await _one_instance(sets, arm))
 
     await _fuzz(by, set_tags, after_each)
     _clear(arm)
@@ -252,8 +251,7 @@ async def test_destroy_cancelled_anywhere_leaves_the_whole_instance_or_nothing(
     arm: FakeARM, credential: FakeCredential, by: CancelBy
 ) -> None:
     sets = _Sets(arm, credential)
-    _, instance = await _one_instance(sets, arm)
-    current: dict[str, Any] = {"instance": instance}
+    current = await _one_instance(sets, arm)
 
     async def destroy() -> None:
         await current["instance"].destroy()
@@ -267,6 +265,6 @@ async def test_destroy_cancelled_anywhere_leaves_the_whole_instance_or_nothing(
             assert arm.resources == {}
             return
         _clear(arm)
-        _, current["instance"] = await _one_instance(sets, arm)
+        current.update(await _one_instance(sets, arm))
 
     await _fuzz(by, destroy, after_each)
