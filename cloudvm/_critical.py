@@ -57,8 +57,8 @@ async def run_critical(
         What ``section()`` returned.
 
     Raises:
-        The section's exception; or the caller's cancellation (with the
-        section's or the rollback's error, if any, as its context).
+        BaseException: the section's exception; or the caller's cancellation
+            (with the section's or the rollback's error, if any, as its context).
     """
     result, cancelled = await _finish(section)
     if cancelled is None and not _anyio_cancelled():
