@@ -763,6 +763,19 @@ def _cloud_error(args: argparse.Namespace, exc: CloudError) -> int:
     return _error(f"{type(exc).__name__}{code}: {_with_notes(exc)}", EXIT_CLOUD_ERROR)
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines fit for a terminal: a record may quote a server or a cloud."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _safe(super().format(record))
+
+
+def _log_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter("cloudvm: %(levelname)s: %(name)s: %(message)s"))
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the ``cloudvm`` command with ``argv`` (default: ``sys.argv[1:]``) and
     exit with its status (see the module docstring for the codes)."""
@@ -780,9 +793,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(_safe("\n".join(names)))
         return EXIT_OK
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="cloudvm: %(levelname)s: %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.INFO if args.verbose else logging.WARNING, handlers=[_log_handler()]
     )
     if not args.verbose:
         # The kit reports its steps itself; its log would repeat every failure.

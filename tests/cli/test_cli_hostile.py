@@ -5,6 +5,7 @@ only escaped, and the hints it prints are safe to paste into a shell."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import sys
@@ -137,3 +138,13 @@ async def test_host_key_errors_escape_the_servers_words(cloud: Cloud, impostor: 
         assert result.stderr.startswith("cloudvm: error: host key: ")
     finally:
         assert (await cloudvm("destroy", *cloud.args(), instance_id)).code == 0
+
+
+def test_log_lines_escape_what_they_quote() -> None:
+    from cloudvm._cli import _log_handler
+
+    record = logging.LogRecord(
+        "cloudvm.x", logging.WARNING, __file__, 1, "server said %s", (OSC_TITLE,), None
+    )
+    line = _log_handler().format(record)
+    assert line == "cloudvm: WARNING: cloudvm.x: server said \\x1b]0;x\\x07"
