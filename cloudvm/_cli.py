@@ -331,8 +331,10 @@ def _read_key(path: Path, *, public: bool) -> asyncssh.SSHKey:
 
 # -- output --------------------------------------------------------------------
 
-# Long enough for any tag (256 characters, escaped) or provider message.
-_SHOWN_CHARS = 2000
+# Longer than any line cloudvm or a provider writes (a table row with 50
+# tags of 128 + 256 characters, escaped), so only text that is nothing but
+# garbage is cut.
+_SHOWN_CHARS = 100_000
 
 
 def _safe(text: object) -> str:
