@@ -16,6 +16,8 @@ from ._critical import run_critical as run_critical
 from ._delegating import DelegatingInstance as DelegatingInstance
 from ._drivers import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from ._executor import split_address as split_address
+from ._instance_base import InstanceBase as InstanceBase
+from ._instance_base import is_loopback_url as is_loopback_url
 from ._metadata import IMDSV2_SECRET_PATH as IMDSV2_SECRET_PATH
 from ._metadata import IMDSV2_TOKEN_TTL as IMDSV2_TOKEN_TTL
 from ._metadata import imdsv2_get as imdsv2_get
@@ -51,11 +53,13 @@ __all__ = [
     "SET_ID_TAG",
     "CallMetrics",
     "DelegatingInstance",
+    "InstanceBase",
     "InstanceSetBase",
     "SSHTunnelTransport",
     "check_secret",
     "imdsv2_get",
     "imdsv2_token",
+    "is_loopback_url",
     "metadata_client",
     "new_secret",
     "parse_config",

@@ -12,6 +12,9 @@ stand-in for its cloud so that each instance it creates runs on such a server
 suspension points in turn, by ``Task.cancel()`` or by an anyio scope, so a
 test can check that no cancellation leaves anything behind.
 
+:func:`capture_every_log` collects every log record of the process at DEBUG,
+for tests that check no secret is ever logged.
+
 :class:`FakeCloud` is an in-memory, fault-injecting cloud (rate limits, quotas,
 capacity shortages, lost responses, eventual consistency, failure rates,
 latency, optional SSH), reached through the ``fake`` driver
@@ -49,6 +52,8 @@ from ._fake_config import TokenBucket as TokenBucket
 from ._hosted import HostBoot as HostBoot
 from ._hosted import HostedDriver as HostedDriver
 from ._hosted import HostedInstance as HostedInstance
+from ._logs import LogCapture as LogCapture
+from ._logs import capture_every_log as capture_every_log
 from ._ssh_server import SSHTestServer as SSHTestServer
 from ._targets import RedirectedTarget as RedirectedTarget
 
@@ -70,6 +75,7 @@ __all__ = [
     "HostedInstance",
     "IMDSv2Service",
     "InjectedError",
+    "LogCapture",
     "LostResponseError",
     "ManualClock",
     "Misuse",
@@ -82,6 +88,7 @@ __all__ = [
     "SystemClock",
     "TokenBucket",
     "cancel_at_each_suspension",
+    "capture_every_log",
     "close_named_clouds",
 ]
 

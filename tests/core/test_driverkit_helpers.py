@@ -1,0 +1,65 @@
+"""driverkit.InstanceBase, driverkit.is_loopback_url, testing.capture_every_log."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG, InstanceBase, is_loopback_url
+from cloudvm.testing import capture_every_log
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://127.0.0.1:8080", True),
+        ("http://127.3.4.5/", True),
+        ("http://[::1]:5000/x", True),
+        ("http://localhost", True),
+        ("http://LOCALHOST.:80", True),
+        ("http://user:pw@127.0.0.1/x", True),
+        ("127.0.0.1", True),
+        ("[::1]", True),
+        ("https://ec2.us-east-1.amazonaws.com", False),
+        ("http://10.0.0.1", False),
+        ("http://localhost.example.com", False),
+        ("http://127.0.0.1.example.com", False),
+        ("http://[::ffff:10.0.0.1]", False),
+        ("", False),
+    ],
+)
+def test_is_loopback_url(url: str, loopback: bool) -> None:
+    assert is_loopback_url(url) is loopback
+
+
+def test_instance_base_hides_the_drivers_own_tags_and_keeps_them() -> None:
+    own = {SET_ID_TAG: "set-a", SECRET_TAG: "s3cret"}
+    inst = InstanceBase(
+        id="i-1", provider_type="m5.large", all_tags={"a": "1", **own},
+        address="10.0.0.5", remote_user="admin",
+    )  # fmt: skip
+    assert (inst.id, inst.provider_type, inst.address, inst.remote_user, str(inst)) == (
+        "i-1", "m5.large", "10.0.0.5", "admin", "i-1",
+    )  # fmt: skip
+    assert inst.tags == {"a": "1"}
+    inst.tags["b"] = "2"  # a copy
+    assert inst.tags == {"a": "1"}
+    inst._replace_user_tags({"c": "3"})
+    assert inst.tags == {"c": "3"}
+    assert inst._all_tags == {"c": "3", **own}
+    assert "s3cret" not in repr(inst) and "InstanceBase i-1" in repr(inst)
+
+
+def test_capture_every_log_sees_non_propagating_loggers_and_restores_levels() -> None:
+    quiet = logging.getLogger("tests.quiet")
+    quiet.propagate = False
+    quiet.setLevel(logging.WARNING)
+    try:
+        with capture_every_log() as logs:
+            quiet.debug("token=%s", "abc123")
+            logging.getLogger("tests.new.logger").debug("x", extra={"field": "hidden-9"})
+        assert logs.containing("abc123") and logs.containing("hidden-9")
+        assert quiet.level == logging.WARNING and quiet.handlers == []
+    finally:
+        quiet.propagate = True
