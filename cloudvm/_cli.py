@@ -204,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a command on an instance over SSH, once its host key is proven. "
         "COMMAND and its arguments are joined with spaces into one command line "
         "(as OpenSSH's ssh does), which the remote user's shell runs: quote what "
-        "that shell must see as one word, e.g. cloudvm exec ... ID -- 'echo \"a  b\"'. "
+        "that shell must see as one word, e.g. cloudvm exec ... ID -- 'ls -l \"my file\"'. "
         "Exits with the command's status.",
     )
     _common(p, set_id_default=DEFAULT_SET_ID)

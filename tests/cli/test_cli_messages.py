@@ -86,11 +86,20 @@ async def test_one_instance_is_not_instances(cloud: Cloud) -> None:
         assert (await cloudvm("destroy", *cloud.args(), instance_id)).code == 0
 
 
-async def test_exec_help_says_how_arguments_are_joined() -> None:
+async def test_exec_joins_its_arguments_with_spaces_as_documented(cloud: Cloud) -> None:
     result = await cloudvm("exec", "--help")
     assert result.code == 0
     text = " ".join(result.stdout.split())
     assert "joined with spaces into one command line (as OpenSSH's ssh does)" in text
+    instance_id = await create(cloud.config, "--public-key", f"{cloud.key}.pub", "--wait")
+    try:
+        exec_args = ["exec", *cloud.args(), "--key", str(cloud.key), instance_id, "--"]
+        joined = await cloudvm(*exec_args, "echo", "a  b")  # the shell sees: echo a  b
+        assert (joined.code, joined.stdout) == (0, "a b\n")
+        quoted = await cloudvm(*exec_args, "echo 'a  b'")
+        assert (quoted.code, quoted.stdout) == (0, "a  b\n")
+    finally:
+        assert (await cloudvm("destroy", *cloud.args(), instance_id)).code == 0
 
 
 def render(screen_bytes: bytes) -> list[str]:
