@@ -146,10 +146,10 @@ async def _read_output(
         async with anyio.create_task_group() as group:
             group.start_soon(pump, process.stderr, buffers[1])
             await pump(process.stdout, buffers[0])
-    except BaseExceptionGroup as errors:  # one reader failed: raise its own error
-        if len(errors.exceptions) == 1:
-            raise errors.exceptions[0] from None
-        raise
+    except BaseExceptionGroup as errors:
+        # A reader failed (both do when the connection is lost): raise the
+        # first error itself, as a caller of execute expects it.
+        raise errors.exceptions[0] from None
     stdout, stderr = bytes(buffers[0]), bytes(buffers[1])
     if over:
         raise OutputLimitError(
