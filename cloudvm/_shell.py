@@ -55,12 +55,11 @@ class ShellRunner:
         finally:
             self.running.discard(proc)
             kill_group(proc)
-            try:
-                await proc.wait()
-            finally:
-                # Output pipes nobody read to the end (the client left, or we
-                # were cancelled) stay open until closed: close them all now.
-                transport.close()
+            # Output pipes nobody read to the end (the client left, output hit
+            # a limit, or we were cancelled) stay open, paused, and the wait
+            # below would never end: close them all first.
+            transport.close()
+            await proc.wait()
         status = proc.returncode if proc.returncode is not None else -1
         with contextlib.suppress(OSError, asyncssh.Error):
             if status < 0:
