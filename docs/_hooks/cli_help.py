@@ -20,7 +20,7 @@ __all__ = ["cli_help", "on_page_markdown"]
 log = logging.getLogger("mkdocs.hooks.cli_help")
 
 MARKER = re.compile(r"^<!-- cli-help:((?: [a-z-]+)*) -->$", re.MULTILINE)
-WIDTH = 88
+WIDTH = 78
 
 
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:

@@ -13,6 +13,7 @@ docstring (an RST simple table of keys, or paragraphs starting
 from __future__ import annotations
 
 import ast
+import collections.abc
 import enum
 import importlib
 import inspect
@@ -189,10 +190,12 @@ def _type_name(annotation: Any) -> str:
         return " | ".join(f"`{json.dumps(arg)}`" for arg in args)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(arg) for arg in args)
-    if origin is list:
+    if origin in (list, tuple, collections.abc.Sequence):
         return f"list of {_type_name(args[0])}" if args else "list"
-    if origin is dict:
+    if origin in (dict, collections.abc.Mapping):
         return f"map of {_type_name(args[0])} to {_type_name(args[1])}" if args else "map"
+    if supertype := getattr(annotation, "__supertype__", None):  # a NewType such as ImageID
+        return _type_name(supertype)
     if isinstance(annotation, type):
         if issubclass(annotation, pydantic.SecretStr):
             return "string (secret, never logged)"
