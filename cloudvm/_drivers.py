@@ -20,7 +20,11 @@ ENTRY_POINT_GROUP = "cloudvm.drivers"
 
 # Drivers that live in their own distributions, so that a miss can say what to
 # install instead of only "no such driver".
-_KNOWN_DISTRIBUTIONS = {"ec2": "cloudvm-ec2", "gce": "cloudvm-gce", "azure": "cloudvm-azure"}
+_KNOWN_DISTRIBUTIONS = {
+    "ec2": "aiocloudvm-ec2",
+    "gce": "aiocloudvm-gce",
+    "azure": "aiocloudvm-azure",
+}
 
 InstanceSetFunc = Callable[
     [

@@ -5,11 +5,6 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cloudvm/_drivers.py (_KNOWN_DISTRIBUTIONS) still names cloudvm-ec2, "
-    "cloudvm-gce and cloudvm-azure; remove this mark when it names the aiocloudvm ones",
-)
 def test_a_missing_driver_names_its_distribution(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
