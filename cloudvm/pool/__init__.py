@@ -9,6 +9,8 @@ from :mod:`cloudvm`.
 
 import contextlib
 
+from ._clock import PoolClock as PoolClock
+from ._clock import SystemPoolClock as SystemPoolClock
 from ._config import CREATED_TAG as CREATED_TAG
 from ._config import IDLE_BEHAVIOR_TAG as IDLE_BEHAVIOR_TAG
 from ._config import INSTANCE_TYPE_TAG as INSTANCE_TYPE_TAG
@@ -19,12 +21,10 @@ from ._config import WorkerState as WorkerState
 from ._events import PoolEvent as PoolEvent
 from ._events import PoolEventKind as PoolEventKind
 from ._events import Subscription as Subscription
+from ._leases import LeasedWorker as LeasedWorker
+from ._leases import WorkerLost as WorkerLost
 from ._pool import WorkerPool as WorkerPool
-from ._worker import LeasedWorker as LeasedWorker
-from ._worker import PoolClock as PoolClock
-from ._worker import SystemPoolClock as SystemPoolClock
 from ._worker import Worker as Worker
-from ._worker import WorkerLost as WorkerLost
 from ._worker import WorkerTarget as WorkerTarget
 
 __all__ = [

@@ -1,67 +1,22 @@
-"""A worker as the pool keeps it, the snapshot callers see, and leases."""
+"""A worker as the pool keeps it (its record), and what callers see of it."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 import asyncssh
 
-from .._errors import CloudError
 from .._protocols import Executor, Instance
 from .._types import InstanceID, InstanceTags, InstanceType
 from ._config import IdleBehavior, WorkerState
 
 if TYPE_CHECKING:
-    from ._pool import WorkerPool
+    from ._leases import Lease
 
-__all__ = [
-    "LeasedWorker",
-    "PoolClock",
-    "SystemPoolClock",
-    "Worker",
-    "WorkerLost",
-    "WorkerTarget",
-]
-
-
-@runtime_checkable
-class PoolClock(Protocol):
-    """Where a pool reads time and sleeps: the seam tests fill with a
-    :class:`cloudvm.testing.ManualClock`.
-
-    ``now`` is monotonic seconds (any origin), ``wall`` the matching UTC time
-    (aware), ``sleep`` waits until ``now`` has advanced by ``seconds``.
-    """
-
-    def now(self) -> float: ...
-
-    def wall(self) -> datetime: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemPoolClock:
-    """Real time: the event loop's clock, the system's UTC time, ``anyio.sleep``."""
-
-    def now(self) -> float:
-        return anyio.current_time()
-
-    def wall(self) -> datetime:
-        return datetime.now(UTC)
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(max(seconds, 0.0))
-
-
-class WorkerLost(CloudError):
-    """Raised by :meth:`LeasedWorker.execute` when the lease's worker was lost:
-    its connection or host broke during the command, its instance vanished
-    from listings, or the pool destroyed it. The command may or may not have
-    run. The worker is probed before any new lease and destroyed if it fails."""
+__all__ = ["Worker", "WorkerRecord", "WorkerTarget"]
 
 
 class WorkerTarget:
@@ -120,28 +75,9 @@ class Worker:
     last_probe: datetime | None
 
 
-class _Lease:
-    """One lease's life: the cancel scopes of its running commands, and why
-    it was lost, if it was."""
-
-    __slots__ = ("broken", "ended", "lost", "scopes")
-
-    def __init__(self) -> None:
-        self.scopes: set[anyio.CancelScope] = set()
-        self.lost: str | None = None  # why, once lost
-        self.broken = False  # the connection or host broke: probe before reuse
-        self.ended = False
-
-    def lose(self, reason: str) -> None:
-        if self.lost is None:
-            self.lost = reason
-        for scope in self.scopes:
-            scope.cancel()
-
-
-class _WorkerRecord:
-    """Everything the pool knows about one worker. Changed only by the pool,
-    synchronously."""
+class WorkerRecord:
+    """Everything the pool knows about one worker. Changed only by the pool's
+    parts, synchronously between awaits."""
 
     def __init__(
         self,
@@ -181,11 +117,22 @@ class _WorkerRecord:
         # the timer
         self.deadline: float | None = None
         # leases and tags
-        self.lease: _Lease | None = None
+        self.lease: Lease | None = None
         self.tag_lock = anyio.Lock()
         # destroys
         self.destroying = False
         self.next_destroy_at = 0.0
+
+    def leasable(self) -> bool:
+        """Whether a lease may take it: IDLE, idle behaviour RUN, and no broken
+        lease waiting for a probe. It is also when ``timeout_idle`` runs: a
+        HOLD worker is kept however long it idles."""
+        return (
+            not self.removed
+            and self.state is WorkerState.IDLE
+            and self.idle_behavior is IdleBehavior.RUN
+            and not self.suspect
+        )
 
     def snapshot(self) -> Worker:
         return Worker(
@@ -197,65 +144,3 @@ class _WorkerRecord:
             address=self.instance.address,
             last_probe=self.last_probe,
         )
-
-
-class LeasedWorker:
-    """The worker a lease holds: run commands on it until the lease ends.
-
-    Safe to use from many tasks of the lease's holder at once (commands share
-    the worker's one connection).
-    """
-
-    def __init__(self, pool: WorkerPool, record: _WorkerRecord, lease: _Lease) -> None:
-        self._pool = pool
-        self._record = record
-        self._lease = lease
-
-    @property
-    def id(self) -> InstanceID:
-        """The instance's id."""
-        return self._record.id
-
-    @property
-    def instance_type(self) -> InstanceType:
-        """The worker's instance type (the pool config's)."""
-        return self._record.itype
-
-    async def execute(
-        self, cmd: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None
-    ) -> tuple[bytes, bytes]:
-        """Run ``cmd`` on the worker through its executor; see
-        :meth:`cloudvm.Executor.execute`. Returns ``(stdout, stderr)``.
-
-        Raises:
-            ExecuteError: the command exited non-zero (the caller's business:
-                the worker stays healthy).
-            WorkerLost: the worker was lost before or during the command (its
-                connection or host broke, it vanished, or the pool destroyed
-                it); the command may or may not have run.
-            ValueError: ``env`` is malformed.
-            RuntimeError: the lease has ended.
-        """
-        lease = self._lease
-        if lease.ended:
-            raise RuntimeError("this lease has ended; take a new one")
-        if lease.lost is not None:
-            raise WorkerLost(f"worker {self.id} was lost: {lease.lost}")
-        executor = self._pool._executor_of(self._record)
-        scope = anyio.CancelScope()
-        lease.scopes.add(scope)
-        try:
-            with scope:
-                return await executor.execute(cmd, stdin, env)
-        except (OSError, asyncssh.Error, TimeoutError, CloudError, RuntimeError) as exc:
-            if isinstance(exc, CloudError) and not self._pool._breaks_lease(exc):
-                raise  # ExecuteError: the command's own failure
-            self._pool._lease_broke(self._record, lease, exc)
-            raise WorkerLost(f"worker {self.id} was lost: {lease.lost}") from exc
-        finally:
-            lease.scopes.discard(scope)
-        # Only the pool cancels the scope: it lost the worker.
-        raise WorkerLost(f"worker {self.id} was lost: {lease.lost}")
-
-    def __repr__(self) -> str:
-        return f"<LeasedWorker {self.id} {self._record.itype.name}>"
