@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+import _ec2_listing
 from _stats import CaseResult, Row, interleaved
 
 import cloudvm
@@ -26,7 +27,6 @@ NAME = "cloud"
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 SET_ID = "bench"
-PAGE_SIZE = 1000  # the driver's default DescribeInstances page size
 ITYPE = InstanceType(
     name="m5.large",
     provider_type="m5.large",
@@ -110,7 +110,7 @@ def _run_params(world: dict[str, str], count: int) -> dict[str, Any]:
     }
 
 
-async def _driver_set(url: str, world: dict[str, str]) -> InstanceSet:
+async def _driver_set(driver: cloudvm.Driver, url: str, world: dict[str, str]) -> InstanceSet:
     config = {
         "region": REGION,
         "endpoint_url": url,
@@ -120,7 +120,6 @@ async def _driver_set(url: str, world: dict[str, str]) -> InstanceSet:
         "security_group_ids": [world["group"]],
         "admin_username": "admin",
     }
-    driver = cloudvm.load_driver("ec2")
     return await driver.instance_set(
         config, InstanceSetID(SET_ID), {}, logging.getLogger("bench.ec2"), None
     )
@@ -138,66 +137,53 @@ def _per_call(
     return probe
 
 
-async def _listings(url: str, size: int, listings: int, repeats: int) -> dict[str, list[float]]:
-    """``instances()`` vs a raw paginator over ``size`` instances of the set."""
+async def _listings(
+    result: CaseResult,
+    url: str,
+    size: int,
+    listings: int,
+    repeats: int,
+    drivers: Mapping[str, cloudvm.Driver] | None = None,
+) -> None:
+    """``instances()`` (of each of ``drivers``, by variant name; the installed
+    EC2 driver by default) vs a raw paginator over ``size`` instances of the set."""
+    if drivers is None:
+        drivers = {"cloudvm instances()": cloudvm.load_driver("ec2")}
     _reset(url)
     async with _client(url) as ec2:
         world = await _world(ec2)
         await ec2.run_instances(**_run_params(world, size))
-        instance_set = await _driver_set(url, world)
+        sets = {name: await _driver_set(driver, url, world) for name, driver in drivers.items()}
         try:
-
-            async def listing() -> None:
-                found = await instance_set.instances()
-                assert len(found) == size, (len(found), size)
-
-            async def raw_listing() -> None:
-                paginator = ec2.get_paginator("describe_instances")
-                filters = [{"Name": f"tag:{SET_ID_TAG}", "Values": [SET_ID]}]
-                found = 0
-                async for page in paginator.paginate(
-                    Filters=filters, PaginationConfig={"PageSize": PAGE_SIZE}
-                ):
-                    for reservation in page["Reservations"]:
-                        found += len(reservation["Instances"])
-                assert found == size, (found, size)
-
-            return await interleaved(
-                {
-                    "cloudvm instances()": _per_call(listing, listings),
-                    "aiobotocore paginator": _per_call(raw_listing, listings),
-                },
-                repeats=repeats,
+            await _ec2_listing.listing_rows(
+                result, sets, ec2, set_id=SET_ID, size=size, listings=listings, repeats=repeats
             )
         finally:
-            await instance_set.stop()
+            for instance_set in sets.values():
+                await instance_set.stop()
 
 
 async def run(*, quick: bool) -> CaseResult:
-    result = CaseResult(NAME, "EC2 driver vs raw aiobotocore on moto (ms per call)")
+    result = CaseResult(NAME, "EC2 driver vs raw aiobotocore on moto")
     if "ec2" not in cloudvm.available_drivers():
         result.skipped = "skipped: EC2 driver not installed"
         return result
-    sizes = [5, 10] if quick else [100, 500]
+    sizes = [5, 10] if quick else [100, 1000]
     creates = 3 if quick else 50
     repeats = 1 if quick else 3
-    listings = 2 if quick else 5  # listings per sample
     for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         os.environ[name] = os.devnull
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     logging.getLogger("bench.ec2").setLevel(logging.WARNING)
     with _moto() as url:
         for size in sizes:
-            samples = await _listings(url, size, listings, repeats)
-            for variant, values in samples.items():
-                baseline = ("aiobotocore paginator",) if variant.startswith("cloudvm") else None
-                result.rows.append(
-                    Row(NAME, variant, "ms per listing", values, n=size, ratio_to=baseline)
-                )
+            # Listings per sample: about 2000 instances' worth.
+            listings = 2 if quick else max(2, min(5, 2000 // size))
+            await _listings(result, url, size, listings, repeats)
         _reset(url)
         async with _client(url) as ec2:
             world = await _world(ec2)
-            instance_set = await _driver_set(url, world)
+            instance_set = await _driver_set(cloudvm.load_driver("ec2"), url, world)
             try:
 
                 async def create() -> None:
@@ -223,7 +209,8 @@ async def run(*, quick: bool) -> CaseResult:
                 Row(NAME, variant, "ms per create", values, n=creates, ratio_to=baseline)
             )
     result.notes.append(
-        f"moto server in a child process; listings of {sizes} instances; "
+        f"moto server in a child process; listings of {sizes} instances (client CPU is "
+        "this process's alone; bytes kept per instance traced with tracemalloc); "
         f"{creates} sequential creates per sample"
     )
     return result

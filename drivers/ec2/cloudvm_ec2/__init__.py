@@ -10,20 +10,20 @@ properties).
 import contextlib as _contextlib
 from importlib import metadata as _metadata
 
+from ._calls import EC2Client as EC2Client
 from ._config import EC2Config as EC2Config
 from ._driver import DRIVER as DRIVER
-from ._driver import SECRET_USER_DATA_PREFIX as SECRET_USER_DATA_PREFIX
-from ._driver import EC2Client as EC2Client
-from ._driver import EC2Instance as EC2Instance
-from ._driver import EC2InstanceSet as EC2InstanceSet
 from ._errors import BACKOFF_MAX as BACKOFF_MAX
 from ._errors import BACKOFF_MIN as BACKOFF_MIN
 from ._errors import QUOTA_CODES as QUOTA_CODES
 from ._errors import THROTTLE_CODES as THROTTLE_CODES
 from ._errors import EC2APIError as EC2APIError
+from ._instance import EC2Instance as EC2Instance
+from ._instance_set import EC2InstanceSet as EC2InstanceSet
 from ._keys import aws_fingerprints as aws_fingerprints
 from ._quota import QUOTA_GROUPS as QUOTA_GROUPS
 from ._quota import quota_group as quota_group
+from ._user_data import SECRET_USER_DATA_PREFIX as SECRET_USER_DATA_PREFIX
 
 try:
     __version__ = _metadata.version("aiocloudvm-ec2")

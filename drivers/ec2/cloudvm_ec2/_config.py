@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Literal, Self
 
 import pydantic
+
+from cloudvm.driverkit import is_loopback_url
 
 __all__ = ["EC2Config", "IDList"]
 
@@ -22,16 +23,6 @@ def _one_or_many(value: object) -> object:
 
 #: A list of ids that also accepts a single string (one id) in config files.
 IDList = Annotated[list[str], pydantic.BeforeValidator(_one_or_many)]
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.removeprefix("[").removesuffix("]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 class EC2Config(pydantic.BaseModel):
@@ -124,7 +115,7 @@ class EC2Config(pydantic.BaseModel):
     def _check_transport(
         cls, value: pydantic.AnyHttpUrl | None, info: pydantic.ValidationInfo
     ) -> pydantic.AnyHttpUrl | None:
-        if value is None or value.scheme != "http" or _is_loopback(value.host or ""):
+        if value is None or value.scheme != "http" or is_loopback_url(value.host or ""):
             return value
         if info.data.get("allow_insecure_transport"):
             return value

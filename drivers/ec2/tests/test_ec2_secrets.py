@@ -6,9 +6,6 @@ response bodies at DEBUG."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import logging
-from collections.abc import Iterator
 
 import asyncssh
 import pytest
@@ -19,7 +16,7 @@ from ec2_support import MakeSet, World, itype
 
 import cloudvm
 from cloudvm.driverkit import SECRET_TAG
-from cloudvm.testing import IMDSv2Service, SSHTestServer
+from cloudvm.testing import IMDSv2Service, SSHTestServer, capture_every_log
 
 ACCESS_KEY = "AKIACLOUDVMLOGTEST01"
 SECRET_KEY = "cloudvm-log-test-secret-access-key-0001"
@@ -27,46 +24,12 @@ SESSION_TOKEN = "cloudvm-log-test-session-token-0001"
 INIT = "echo INIT-SECRET-7f3a > /tmp/x"
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-        self.lines.append(repr(record.__dict__))
-
-
-@contextlib.contextmanager
-def every_logger_at_debug() -> Iterator[_Collect]:
-    """Every logger at DEBUG, each record collected once (at the root, and
-    at loggers that do not propagate to it)."""
-    handler = _Collect()
-    manager = logging.Logger.manager
-    loggers = [logging.getLogger()] + [
-        lg for lg in manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
-    levels = [(lg, lg.level) for lg in loggers]
-    attached = [lg for lg in loggers if lg is logging.getLogger() or not lg.propagate]
-    for lg in loggers:
-        lg.setLevel(logging.DEBUG)
-    for lg in attached:
-        lg.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        for lg in attached:
-            lg.removeHandler(handler)
-        for lg, level in levels:
-            lg.setLevel(level)
-
-
 @pytest.mark.parametrize("storage", ["tag", "user-data"])
 async def test_no_secret_is_ever_logged(
     storage: str, make_set: MakeSet, world: World, proxy: EC2FaultProxy
 ) -> None:
     key = asyncssh.generate_private_key("ssh-ed25519")
-    with every_logger_at_debug() as logs:
+    with capture_every_log() as logs:
         instance_set = await make_set(
             endpoint=proxy.url,
             secret_storage=storage,
@@ -106,6 +69,6 @@ async def test_no_secret_is_ever_logged(
         "session token": SESSION_TOKEN,
     }
     assert len(logs.lines) > 20, "expected botocore's debug records"
-    leaks = {what for what, value in secrets.items() for line in logs.lines if value in line}
+    leaks = {what for what, value in secrets.items() if logs.containing(value)}
     assert not leaks
     assert secret not in repr(listed) and secret not in repr(created)
