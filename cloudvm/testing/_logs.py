@@ -20,8 +20,14 @@ class LogCapture(logging.Handler):
         self.records: list[logging.LogRecord] = []
         #: Two lines per record: formatted, and ``repr(record.__dict__)``.
         self.lines: list[str] = []
+        self._seen: set[int] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Attached to every logger, it may see a record once per ancestor.
+        # (The records are kept, so their ids are not reused meanwhile.)
+        if id(record) in self._seen:
+            return
+        self._seen.add(id(record))
         self.records.append(record)
         self.lines.append(self.format(record))
         self.lines.append(repr(record.__dict__))
@@ -36,17 +42,19 @@ def capture_every_log() -> Iterator[LogCapture]:
     """Put every logger of the process at DEBUG and collect each record once,
     for as long as the block runs; levels and handlers are put back after.
 
-    The capture is attached to the root and to each logger that does not
-    propagate to it (SDKs such as google-auth's), and loggers first made
+    The capture is attached to the root and to every logger that exists
+    (placeholders for a package's children included), so that one that stops
+    propagating inside the block is still seen (google-api-core makes
+    ``google`` such a logger on a client's first use); loggers first made
     inside the block are caught through the root. Use it around a whole
     create / list / verify / destroy cycle and assert that
     ``capture.containing(secret)`` is empty.
     """
     capture = LogCapture()
-    known = logging.Logger.manager.loggerDict.values()
-    loggers = [logging.getLogger(), *(lg for lg in known if isinstance(lg, logging.Logger))]
+    known = list(logging.Logger.manager.loggerDict)
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in known)]
     levels = [(lg, lg.level) for lg in loggers]
-    attached = [lg for lg in loggers if lg is logging.getLogger() or not lg.propagate]
+    attached = loggers
     for lg in loggers:
         lg.setLevel(logging.DEBUG)
     for lg in attached:

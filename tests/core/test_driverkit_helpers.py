@@ -63,3 +63,18 @@ def test_capture_every_log_sees_non_propagating_loggers_and_restores_levels() ->
         assert quiet.level == logging.WARNING and quiet.handlers == []
     finally:
         quiet.propagate = True
+
+
+def test_capture_every_log_sees_a_logger_that_stops_propagating_inside_the_block() -> None:
+    # What google-api-core does on a client's first use: "google" (until then a
+    # placeholder for its children) becomes a logger that does not propagate.
+    child = logging.getLogger("tests.sdk_like.transport")
+    try:
+        with capture_every_log() as logs:
+            logging.getLogger("tests.sdk_like").propagate = False
+            child.debug("payload=%s", "s3cret-payload")
+            child.warning("seen once")
+        assert logs.containing("s3cret-payload")
+        assert len([r for r in logs.records if r.getMessage() == "seen once"]) == 1
+    finally:
+        logging.getLogger("tests.sdk_like").propagate = True

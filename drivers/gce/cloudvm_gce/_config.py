@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import urllib.parse
 from typing import Literal
 
 import pydantic
+
+from cloudvm.driverkit import is_loopback_url
 
 __all__ = ["GCEConfig"]
 
@@ -125,7 +125,7 @@ class GCEConfig(pydantic.BaseModel):
             or not endpoint.startswith("http://")
             or self.credentials == "anonymous"
             or self.allow_insecure_transport
-            or _is_loopback(endpoint)
+            or is_loopback_url(endpoint)
         ):
             return self
         # The URL is not repeated: it may carry user information.
@@ -134,13 +134,3 @@ class GCEConfig(pydantic.BaseModel):
             "a loopback address (127.0.0.0/8, ::1, localhost), or set "
             "allow_insecure_transport: true"
         )
-
-
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host.rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

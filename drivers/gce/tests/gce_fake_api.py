@@ -22,14 +22,17 @@ finish with an error (``errorDetails`` included, as GCE sends them),
 connection, :meth:`FakeCompute.hold` keeps a call waiting until released,
 :meth:`FakeCompute.conflict_in_operation` reports a name conflict inside
 the insert's operation (as GCE does for a resent insert) instead of the
-synchronous 409, ``op_steps`` sets how many polls an operation needs. Every
-request is recorded in ``requests``.
+synchronous 409, ``op_steps`` sets how many polls an operation needs,
+``op_seconds`` how long it runs at least (``wait`` then blocks until it is
+done, as GCE's does), :meth:`FakeCompute.hold_operations` keeps every new
+operation RUNNING until released. Every request is recorded in ``requests``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -88,6 +91,22 @@ class _Operation:
     resource: dict[str, Any]
     steps_left: int
     on_done: Callable[[], dict[str, Any] | None]  # returns an error body, or None
+    ready_at: float = 0.0  # the loop time before which it cannot be DONE
+    gate: asyncio.Event | None = None  # while not set, it cannot be DONE
+
+    def ready(self) -> bool:
+        gate_open = self.gate is None or self.gate.is_set()
+        return gate_open and asyncio.get_running_loop().time() >= self.ready_at
+
+    async def until_ready(self, limit: float) -> None:
+        """Wait (at most ``limit`` s) until the operation may be DONE."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                if self.gate is not None:
+                    await self.gate.wait()
+                await asyncio.sleep(max(0.0, self.ready_at - loop.time()))
 
 
 def _now() -> str:
@@ -133,6 +152,11 @@ class FakeCompute:
         self.exhausted_zones: set[str] = set()
         #: How many get/wait polls an operation needs before it is DONE.
         self.op_steps = 1
+        #: How many seconds an operation runs at least before it can be DONE.
+        self.op_seconds = 0.0
+        #: How long one ``wait`` call blocks at most (GCE's: about 2 minutes).
+        self.wait_limit = 120.0
+        self._op_gate: asyncio.Event | None = None
         #: The page size when a list call gives no maxResults.
         self.default_page_size = 500
         self._request_ids: dict[str, tuple[str, str]] = {}
@@ -190,6 +214,14 @@ class FakeCompute:
         until the returned event is set."""
         gate = asyncio.Event()
         self._held.setdefault(method, []).append(gate)
+        return gate
+
+    def hold_operations(self) -> asyncio.Event:
+        """Keep every operation made from now on RUNNING (``get`` answers
+        RUNNING, ``wait`` blocks) until the returned event is set; operations
+        made after it is set are held again only by a new call."""
+        gate = asyncio.Event()
+        self._op_gate = gate
         return gate
 
     def drop_response(self, method: str, times: int = 1) -> None:
@@ -354,11 +386,13 @@ class FakeCompute:
             "startTime": _now(),
             "selfLink": f"{self._zone_url(zone)}/operations/{name}",
         }
-        op = _Operation(resource, self.op_steps, on_done)
+        gate = self._op_gate if self._op_gate and not self._op_gate.is_set() else None
+        ready_at = asyncio.get_running_loop().time() + self.op_seconds
+        op = _Operation(resource, self.op_steps, on_done, ready_at, gate)
         self.operations[(zone, name)] = op
         if request_id is not None:
             self._request_ids[request_id] = (zone, name)
-        if op.steps_left <= 0:
+        if op.steps_left <= 0 and op.ready():
             self._advance(op)
         return resource
 
@@ -366,7 +400,7 @@ class FakeCompute:
         if op.resource["status"] == "DONE":
             return
         op.steps_left -= 1
-        if op.steps_left > 0:
+        if op.steps_left > 0 or not op.ready():
             return
         error = op.on_done()
         op.resource.update(status="DONE", progress=100, endTime=_now())
@@ -564,6 +598,7 @@ class FakeCompute:
     async def _op_wait(self, request: web.Request, body: Any) -> dict[str, Any]:
         op = self._operation(request)
         await asyncio.sleep(0)
+        await op.until_ready(self.wait_limit)
         self._advance(op)
         return op.resource
 

@@ -1,0 +1,133 @@
+"""Reading instances: one by name, a zone's listing page by page, and what
+the driver takes from each listed instance."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any, Literal
+
+from google.cloud import compute_v1
+
+from cloudvm import InstanceTags
+from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG
+
+from ._api import Clients, ComputeAPI
+from ._config import GCEConfig
+from ._tags import TAGS_ITEM, decode_tags
+
+__all__ = [
+    "ListedInstance",
+    "address_of",
+    "created_at",
+    "get_instance",
+    "list_zone",
+    "metadata_item",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ListedInstance:
+    """What the driver keeps of one instance of the set, as listed."""
+
+    name: str
+    zone: str
+    machine_type: str
+    tags: InstanceTags
+    secret: str | None
+    address: str
+    created_at: datetime | None
+
+
+def metadata_item(metadata: compute_v1.Metadata, key: str) -> str | None:
+    """The value of the metadata item ``key``, or None when there is none."""
+    for item in metadata.items:
+        if item.key == key:
+            return str(item.value)
+    return None
+
+
+def address_of(instance: compute_v1.Instance, which: Literal["internal", "external"]) -> str:
+    """The instance's internal or external IP; "" while it has none."""
+    if not instance.network_interfaces:
+        return ""
+    nic = instance.network_interfaces[0]
+    if which == "external":
+        return str(nic.access_configs[0].nat_i_p) if nic.access_configs else ""
+    return str(nic.network_i_p)
+
+
+def created_at(instance: compute_v1.Instance) -> datetime | None:
+    """The instance's creation time; None when GCE gives none readable."""
+    try:
+        return datetime.fromisoformat(str(instance.creation_timestamp))
+    except ValueError:
+        return None
+
+
+def _last_segment(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+async def get_instance(
+    api: ComputeAPI, config: GCEConfig, zone: str, name: str
+) -> compute_v1.Instance:
+    """``instances.get``: raises NotFoundError when there is no such instance."""
+    return await api.call(
+        "instances.get",
+        lambda c: c.instances.get(
+            project=config.project,
+            zone=zone,
+            instance=name,
+            retry=None,
+            timeout=config.call_timeout,
+        ),
+    )
+
+
+def _listed(
+    config: GCEConfig, set_id: str, zone: str, raw: compute_v1.Instance, wanted: InstanceTags
+) -> ListedInstance | None:
+    if metadata_item(raw.metadata, SET_ID_TAG) != set_id:
+        return None
+    itags = decode_tags(metadata_item(raw.metadata, TAGS_ITEM))
+    if itags is None or any(itags.get(k) != v for k, v in wanted.items()):
+        return None
+    return ListedInstance(
+        name=str(raw.name),
+        zone=zone,
+        machine_type=_last_segment(str(raw.machine_type)),
+        tags=itags,
+        secret=metadata_item(raw.metadata, SECRET_TAG),
+        address=address_of(raw, config.address),
+        created_at=created_at(raw),
+    )
+
+
+async def list_zone(
+    api: ComputeAPI, config: GCEConfig, set_id: str, zone: str, flt: str, wanted: InstanceTags
+) -> list[ListedInstance]:
+    """Every instance of set ``set_id`` in ``zone`` matching the server-side
+    filter ``flt`` and carrying every tag of ``wanted`` (checked on the
+    metadata, the source of truth), following every ``nextPageToken``."""
+    found: list[ListedInstance] = []
+    token = ""
+    while True:
+        request = compute_v1.ListInstancesRequest(
+            project=config.project, zone=zone, filter=flt, max_results=config.list_page_size
+        )
+        if token:
+            request.page_token = token
+
+        def first_page(c: Clients, request: compute_v1.ListInstancesRequest = request) -> Any:
+            pager = c.instances.list(request=request, retry=None, timeout=config.call_timeout)
+            return next(iter(pager.pages))
+
+        page = await api.call("instances.list", first_page)
+        for raw in page.items:
+            listed = _listed(config, set_id, zone, raw, wanted)
+            if listed is not None:
+                found.append(listed)
+        token = str(page.next_page_token or "")
+        if not token:
+            return found
