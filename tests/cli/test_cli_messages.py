@@ -59,7 +59,7 @@ async def test_a_command_timeout_says_the_command_was_stopped(cloud: Cloud) -> N
             "cloudvm: error: the command did not finish within 1 s (it was stopped)\n"
         )
         # ... and it really was stopped.
-        await wait_until(lambda: not processes_mentioning("sleep 47.25"))
+        await wait_until(lambda: not processes_mentioning("sleep 47.25"), timeout=60)
     finally:
         assert (await cloudvm("destroy", *cloud.args(), instance_id)).code == 0
 
