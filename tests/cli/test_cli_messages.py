@@ -137,7 +137,7 @@ def _read_all(fd: int) -> bytes:
 
 
 async def test_create_wait_on_a_terminal_clears_the_progress_line(cloud: Cloud) -> None:
-    config = loopback_config(cloud, "slow.json", boot_delay=1.0)
+    config = loopback_config(cloud, "slow.json", boot_delay=3.0)
     master, slave = os.openpty()
     try:
         with anyio.fail_after(60):
