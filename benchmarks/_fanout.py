@@ -1,10 +1,24 @@
-"""Case 2: connect, verify and run one command on N hosts at once."""
+"""Case 2: connect, verify and run one command on N hosts at once.
+
+The primary figure is the client's CPU time per host (what bounds how many
+hosts one dispatcher process drives); the servers run in other processes, so
+it is the client's own. Hosts per second is secondary (on a shared 2-core
+machine the servers compete for the same cores). A second part counts the
+round trips that verification adds to connect-and-run, through a proxy that
+delays every byte.
+
+Run alone as ``python benchmarks/_fanout.py [--hosts N] [--concurrency C]
+[--repeats R] [--quick]``; ``benchmarks/run.py`` runs it with the defaults.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +28,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import asyncssh
+from _delay_proxy import delay_proxy
+from _report import machine, table
 from _servers import ServerFleet, raise_file_limit
 from _stats import CaseResult, Probe, Row, interleaved
 from _targets import MetadataTarget
@@ -24,59 +40,80 @@ __all__ = ["run"]
 
 NAME = "fanout"
 CLOUDVM = "cloudvm SSHExecutor+verify"
-ASYNCSSH_VERIFY = "asyncssh+verify by hand"
+ASYNCSSH_VERIFY = "asyncssh+verify_with_imdsv2"
 ASYNCSSH = "asyncssh, no verify"
 PSSH = "parallel-ssh, no verify"
 USER = "bench"
 COMMAND = "true"
+HOSTS = 500  # hosts per run at full size
 CONCURRENCY = 100  # connections being set up at once, for every variant (pssh's pool_size)
+REPEATS = 3
+SERVER_PROCESSES = 2
+DELAY = 0.05  # seconds each way through the round-trip proxy
+ROUND_TRIP_SAMPLES = 5
+CPU_UNIT = "client CPU ms/host"
+RATE_UNIT = "hosts/s"
+RTT_UNIT = "round trips"
+
+Hosts = list[dict[str, Any]]
 
 
-async def _cloudvm(hosts: list[dict[str, Any]], key: asyncssh.SSHKey) -> None:
-    limiter = anyio.CapacityLimiter(CONCURRENCY)
-
-    async def one(host: dict[str, Any]) -> None:
-        target = MetadataTarget(
-            f"127.0.0.1:{host['port']}", USER, host["instance_id"], host["secret"]
-        )
-        async with limiter, cloudvm.SSHExecutor(target, signers=[key]) as executor:
-            await executor.execute(COMMAND)
-
-    async with anyio.create_task_group() as tg:
-        for host in hosts:
-            tg.start_soon(one, host)
+async def _cloudvm_one(host: dict[str, Any], key: asyncssh.SSHKey, port: int) -> None:
+    target = MetadataTarget(f"127.0.0.1:{port}", USER, host["instance_id"], host["secret"])
+    async with cloudvm.SSHExecutor(target, signers=[key]) as executor:
+        await executor.execute(COMMAND)
 
 
-async def _asyncssh(hosts: list[dict[str, Any]], key: asyncssh.SSHKey, *, verify: bool) -> None:
-    limiter = anyio.CapacityLimiter(CONCURRENCY)
+async def _asyncssh_one(
+    host: dict[str, Any], key: asyncssh.SSHKey, port: int, *, verify: bool
+) -> None:
+    conn = await asyncssh.connect(
+        "127.0.0.1",
+        port,
+        username=USER,
+        client_keys=[key],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    )
+    async with conn:
+        if verify:
+            target = MetadataTarget("", USER, host["instance_id"], host["secret"])
+            server_key = conn.get_server_host_key()
+            assert server_key is not None
+            await target.verify_host_key(server_key, conn)
+        # EOF on stdin at once: SSHTestServer ends a session only after
+        # the client's EOF (SSHExecutor sends it too).
+        await conn.run(COMMAND, check=True, stdin=asyncssh.DEVNULL)
 
-    async def one(host: dict[str, Any]) -> None:
+
+#: One host, connected on a given port: what each async variant does.
+OneHost = Callable[[dict[str, Any], asyncssh.SSHKey, int], Awaitable[None]]
+
+
+def _variants() -> dict[str, OneHost]:
+    async def plain(host: dict[str, Any], key: asyncssh.SSHKey, port: int) -> None:
+        await _asyncssh_one(host, key, port, verify=False)
+
+    async def by_hand(host: dict[str, Any], key: asyncssh.SSHKey, port: int) -> None:
+        await _asyncssh_one(host, key, port, verify=True)
+
+    return {CLOUDVM: _cloudvm_one, ASYNCSSH_VERIFY: by_hand, ASYNCSSH: plain}
+
+
+async def _fan_out(one: OneHost, hosts: Hosts, key: asyncssh.SSHKey, concurrency: int) -> None:
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def limited(host: dict[str, Any]) -> None:
         async with limiter:
-            conn = await asyncssh.connect(
-                "127.0.0.1",
-                host["port"],
-                username=USER,
-                client_keys=[key],
-                known_hosts=None,
-                agent_path=None,
-                config=None,
-            )
-            async with conn:
-                if verify:
-                    target = MetadataTarget("", USER, host["instance_id"], host["secret"])
-                    server_key = conn.get_server_host_key()
-                    assert server_key is not None
-                    await target.verify_host_key(server_key, conn)
-                # EOF on stdin at once: SSHTestServer ends a session only after
-                # the client's EOF (SSHExecutor sends it too).
-                await conn.run(COMMAND, check=True, stdin=asyncssh.DEVNULL)
+            await one(host, key, host["port"])
 
     async with anyio.create_task_group() as tg:
         for host in hosts:
-            tg.start_soon(one, host)
+            tg.start_soon(limited, host)
 
 
-def _pssh(hosts: list[dict[str, Any]], key_file: Path) -> None:
+def _pssh(hosts: Hosts, key_file: Path, concurrency: int) -> None:
     # Imported by name: an optional dependency the type checker may not have.
     pssh_clients = importlib.import_module("pssh.clients")
     pssh_config = importlib.import_module("pssh.config")
@@ -86,7 +123,7 @@ def _pssh(hosts: list[dict[str, Any]], key_file: Path) -> None:
             pssh_config.HostConfig(port=host["port"], user=USER, private_key=str(key_file))
             for host in hosts
         ],
-        pool_size=CONCURRENCY,
+        pool_size=concurrency,
         num_retries=1,
         timeout=120,
         allow_agent=False,
@@ -118,40 +155,79 @@ def _pssh_missing() -> str | None:
     return None
 
 
-def _timed(action: Callable[[], Awaitable[None]], count: int) -> Callable[[], Awaitable[float]]:
-    async def probe() -> float:
-        start = time.perf_counter()
-        await action()
-        return count / (time.perf_counter() - start)
+class _Measured:
+    """Wraps a fan-out as a probe returning client CPU ms per host (the
+    process's CPU time: every thread of it, none of the server processes),
+    and keeps each run's hosts/s on the side."""
 
-    return probe
+    def __init__(self, action: Callable[[], Awaitable[None]], count: int) -> None:
+        self._action = action
+        self._count = count
+        self.rates: list[float] = []
+
+    async def __call__(self) -> float:
+        cpu, wall = time.process_time(), time.perf_counter()
+        await self._action()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        self.rates.append(self._count / wall)
+        return cpu * 1000 / self._count
 
 
 def _probes(
-    hosts: list[dict[str, Any]], key: asyncssh.SSHKey, key_file: Path, *, with_pssh: bool
-) -> dict[str, Probe]:
+    hosts: Hosts, key: asyncssh.SSHKey, key_file: Path, concurrency: int, *, with_pssh: bool
+) -> dict[str, _Measured]:
     n = len(hosts)
-    probes = {
-        CLOUDVM: _timed(lambda: _cloudvm(hosts, key), n),
-        ASYNCSSH_VERIFY: _timed(lambda: _asyncssh(hosts, key, verify=True), n),
-        ASYNCSSH: _timed(lambda: _asyncssh(hosts, key, verify=False), n),
-    }
+
+    def fan_out(one: OneHost) -> Callable[[], Awaitable[None]]:
+        return lambda: _fan_out(one, hosts, key, concurrency)
+
+    probes = {name: _Measured(fan_out(one), n) for name, one in _variants().items()}
     if with_pssh:
-        probes[PSSH] = _timed(lambda: anyio.to_thread.run_sync(_pssh, hosts, key_file), n)
+        probes[PSSH] = _Measured(
+            lambda: anyio.to_thread.run_sync(_pssh, hosts, key_file, concurrency), n
+        )
     return probes
 
 
-def _plan(quick: bool) -> list[tuple[int, int]]:
+async def _round_trips(
+    host: dict[str, Any], key: asyncssh.SSHKey, samples: int
+) -> dict[str, list[float]]:
+    """Wall time of one connect-and-run through the delaying proxy, in round
+    trips (seconds over 2 * DELAY), per variant, interleaved."""
+    async with delay_proxy(host["port"], DELAY) as port:
+
+        def probe(one: OneHost) -> Probe:
+            async def timed() -> float:
+                start = time.perf_counter()
+                await one(host, key, port)
+                return (time.perf_counter() - start) / (2 * DELAY)
+
+            return timed
+
+        probes = {name: probe(one) for name, one in _variants().items()}
+        return await interleaved(probes, repeats=samples, warmup=1)
+
+
+def _plan(quick: bool, hosts: int, repeats: int) -> list[tuple[int, int]]:
     """(N, repeats) per size."""
     if quick:
         return [(2, 1), (4, 1)]
-    return [(10, 5), (100, 3), (500, 2), (1000, 2)]
+    return [(10, 5), (hosts, repeats)]
 
 
-async def run(*, quick: bool) -> CaseResult:
-    result = CaseResult(NAME, "SSH fan-out: connect, verify, run `true` on N hosts (hosts/s)")
+async def run(
+    *,
+    quick: bool,
+    hosts: int = HOSTS,
+    concurrency: int = CONCURRENCY,
+    repeats: int = REPEATS,
+) -> CaseResult:
+    result = CaseResult(
+        NAME,
+        "SSH fan-out: connect, verify, run `true` on N hosts (client CPU ms/host; hosts/s)",
+    )
     raise_file_limit()
-    plan = _plan(quick)
+    plan = _plan(quick, hosts, repeats)
     largest = max(n for n, _ in plan)
     key = asyncssh.generate_private_key("ssh-ed25519")
     workdir = Path(tempfile.mkdtemp(prefix="cloudvm-bench-fanout-"))
@@ -163,30 +239,95 @@ async def run(*, quick: bool) -> CaseResult:
         key.write_private_key(key_file)
         os.chmod(key_file, 0o600)
         key.convert_to_public().write_public_key(workdir / "id_ed25519.pub")
-        with ServerFleet(largest, workdir / "id_ed25519.pub") as fleet:
-            for n, repeats in plan:
-                hosts = fleet.hosts[:n]
-                probes = _probes(hosts, key, key_file, with_pssh=missing is None)
+        public = workdir / "id_ed25519.pub"
+        with ServerFleet(largest, public, processes=SERVER_PROCESSES) as fleet:
+            for n, rounds in plan:
+                probes = _probes(
+                    fleet.hosts[:n], key, key_file, concurrency, with_pssh=missing is None
+                )
                 # Warm up once, at the smallest N: imports and caches, not per size.
                 warmup = 1 if n == plan[0][0] else 0
-                samples = await interleaved(probes, repeats=repeats, warmup=warmup)
+                samples = await interleaved(dict(probes), repeats=rounds, warmup=warmup)
                 for variant, values in samples.items():
+                    cloudvm_row = variant == CLOUDVM
                     result.rows.append(
                         Row(
                             NAME,
                             variant,
-                            "hosts/s",
+                            CPU_UNIT,
                             values,
                             n=n,
-                            ratio_to=(ASYNCSSH, PSSH) if variant == CLOUDVM else None,
+                            ratio_to=(ASYNCSSH, PSSH) if cloudvm_row else None,
+                        )
+                    )
+                    result.rows.append(
+                        Row(
+                            NAME,
+                            variant,
+                            RATE_UNIT,
+                            probes[variant].rates[-rounds:],
+                            n=n,
+                            ratio_to=(ASYNCSSH, PSSH) if cloudvm_row else None,
                             higher_is_better=True,
                         )
                     )
+            trips = await _round_trips(fleet.hosts[0], key, 1 if quick else ROUND_TRIP_SAMPLES)
+        _round_trip_rows(result, trips)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result.notes.append(
-        f"servers: {largest} asyncssh SSHTestServers with IMDSv2 in a child process; "
-        f"{CONCURRENCY} connections set up at once in every variant; a fresh connection "
-        "per host per run; ratios > 1 mean cloudvm is faster"
+        f"servers: {largest} asyncssh SSHTestServers with IMDSv2 spread over "
+        f"{SERVER_PROCESSES} child processes; {concurrency} connections set up at once in "
+        "every variant; a fresh connection per host per run; verification is "
+        "cloudvm.driverkit.verify_with_imdsv2 (the loopback, fake and EC2 drivers' own); "
+        "client CPU is the client process's CPU time (all its threads) over N; "
+        "CPU ratios < 1 and hosts/s ratios > 1 mean cloudvm is cheaper/faster"
+    )
+    result.notes.append(
+        f"round trips: one host at a time through a proxy adding {DELAY * 1000:g} ms each "
+        "way; 'verification' is cloudvm's connect-verify-run minus asyncssh's connect-run, "
+        "in round trips of the proxy"
     )
     return result
+
+
+def _round_trip_rows(result: CaseResult, trips: dict[str, list[float]]) -> None:
+    for variant, values in trips.items():
+        result.rows.append(Row(NAME, f"{variant}: connect-and-run", RTT_UNIT, values, n=1))
+    # Differences sample by sample: the rounds were interleaved, so sample k
+    # of each variant saw the same spell of the machine.
+    added = [a - b for a, b in zip(trips[CLOUDVM], trips[ASYNCSSH], strict=True)]
+    result.rows.append(
+        Row(NAME, "cloudvm verification (over asyncssh, no verify)", RTT_UNIT, added, n=1)
+    )
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny N, one round (smoke test)")
+    parser.add_argument("--hosts", type=int, default=HOSTS, help="hosts per run at full size")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="at once")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="interleaved rounds")
+    parser.add_argument("--out", type=Path, help="write fanout.json into this directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+
+    async def measure() -> CaseResult:
+        return await run(
+            quick=args.quick, hosts=args.hosts, concurrency=args.concurrency, repeats=args.repeats
+        )
+
+    result = anyio.run(measure)
+    print(table([result]))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        document = {"machine": machine(), **result.as_json()}
+        (args.out / f"{NAME}.json").write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

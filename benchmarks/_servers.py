@@ -1,12 +1,13 @@
-"""A process full of SSH test servers, for the fan-out and memory cases.
+"""Processes full of SSH test servers, for the fan-out and memory cases.
 
-Run as ``python benchmarks/_servers.py COUNT PUBLIC_KEY_FILE``: starts COUNT
-in-process asyncssh servers (:class:`cloudvm.testing.SSHTestServer`, each with
-an IMDSv2 metadata service holding its own instance id and secret), prints one
-JSON line ``[{"port", "instance_id", "secret"}, ...]`` and serves until its
-standard input closes. Keeping the servers in their own process means the
-client being measured does not also pay for the servers' half of each
-handshake; :class:`ServerFleet` runs it from the bench.
+Run as ``python benchmarks/_servers.py COUNT PUBLIC_KEY_FILE [FIRST]``: starts
+COUNT in-process asyncssh servers (:class:`cloudvm.testing.SSHTestServer`, each
+with an IMDSv2 metadata service holding its own instance id and secret,
+numbered from FIRST), prints one JSON line ``[{"port", "instance_id",
+"secret"}, ...]`` and serves until its standard input closes. Keeping the
+servers in their own processes means the client being measured does not also
+pay for the servers' half of each handshake, and its CPU time is its own;
+:class:`ServerFleet` spreads them over several such processes.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ def _tags(secret: str) -> Any:
     return lambda: {SECRET_TAG: secret}
 
 
-async def _serve(count: int, key_file: Path) -> None:
+async def _serve(count: int, key_file: Path, first: int) -> None:
     raise_file_limit()
     key = asyncssh.read_public_key(str(key_file))
     hosts = []
     async with contextlib.AsyncExitStack() as stack:
-        for index in range(count):
+        for index in range(first, first + count):
             instance_id = f"i-bench{index:05d}"
             secret = new_secret()
             server = SSHTestServer(
@@ -61,43 +62,70 @@ async def _serve(count: int, key_file: Path) -> None:
 
 
 class ServerFleet:
-    """Starts ``_servers.py`` in a child process; a context manager."""
+    """Starts ``_servers.py`` in ``processes`` child processes, the hosts
+    dealt out evenly (so the servers' side of a fan-out uses every core the
+    client leaves them); a context manager. ``hosts`` interleaves the
+    processes, so any prefix of it is spread over all of them."""
 
-    def __init__(self, count: int, key_file: Path) -> None:
+    def __init__(self, count: int, key_file: Path, *, processes: int = 2) -> None:
         self._count = count
         self._key_file = key_file
-        self._process: subprocess.Popen[str] | None = None
+        self._processes_wanted = max(1, min(processes, count))
+        self._processes: list[subprocess.Popen[str]] = []
         self.hosts: list[dict[str, Any]] = []
 
     def __enter__(self) -> ServerFleet:
-        self._process = subprocess.Popen(
-            [sys.executable, str(Path(__file__)), str(self._count), str(self._key_file)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            self.__exit__()
-            raise RuntimeError("the SSH server fleet did not start (see its stderr)")
-        self.hosts = json.loads(line)
+        shares = [
+            self._count // self._processes_wanted
+            + (1 if index < self._count % self._processes_wanted else 0)
+            for index in range(self._processes_wanted)
+        ]
+        first = 0
+        for share in shares:
+            self._processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(Path(__file__)),
+                        str(share),
+                        str(self._key_file),
+                        str(first),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            first += share
+        groups = []
+        for process in self._processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line:
+                self.__exit__()
+                raise RuntimeError("the SSH server fleet did not start (see its stderr)")
+            groups.append(json.loads(line))
+        # Round-robin over the processes: host k is served by process k % P.
+        for index in range(max(shares)):
+            self.hosts.extend(group[index] for group in groups if index < len(group))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        processes, self._processes = self._processes, []
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.close()
+        for process in processes:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 if __name__ == "__main__":
-    anyio.run(_serve, int(sys.argv[1]), Path(sys.argv[2]))
+    anyio.run(
+        _serve, int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    )

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncssh
-import httpx
 
 import cloudvm
-from cloudvm.driverkit import SECRET_TAG, check_secret, imdsv2_get, metadata_client
+from cloudvm.driverkit import verify_with_imdsv2
 
 __all__ = ["KnownKeyTarget", "MetadataTarget"]
 
@@ -30,7 +29,8 @@ class KnownKeyTarget:
 
 
 class MetadataTarget:
-    """Proves the host as the loopback and fake drivers do: through the SSH
+    """Proves the host exactly as the loopback, fake and EC2 drivers do
+    (:func:`cloudvm.driverkit.verify_with_imdsv2`): through the SSH
     connection, ask the metadata service (IMDSv2) for the instance id and the
     secret tag, and compare them with what "create" recorded."""
 
@@ -45,15 +45,9 @@ class MetadataTarget:
     ) -> None:
         if conn is None:
             raise NotImplementedError("verified only through a live connection")
-        try:
-            async with metadata_client(conn) as client:
-                instance_id = await imdsv2_get(client, "/latest/meta-data/instance-id")
-                secret = await imdsv2_get(client, f"/latest/meta-data/tags/instance/{SECRET_TAG}")
-        except httpx.HTTPError as exc:
-            raise cloudvm.HostKeyError(f"{self}: cannot read the metadata service: {exc}") from exc
-        if instance_id.strip() != self._instance_id:
-            raise cloudvm.HostKeyError(f"{self}: the host is another instance")
-        check_secret(secret, self._secret)
+        await verify_with_imdsv2(
+            conn, instance_id=self._instance_id, secret=self._secret, who=str(self)
+        )
 
     def __str__(self) -> str:
         return f"{self._instance_id}@{self.address}"
