@@ -3,6 +3,7 @@ calls about it (tags, termination, host verification), made through its set."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from cloudvm import HostKeyError, InstancePrice, InstanceTags, InstanceType
-from cloudvm.driverkit import SECRET_TAG, InstanceBase
+from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG, InstanceBase
 
 from ._prices import normalize_prices, scratch_price_per_hour
 from ._verification import verify_through_imds
@@ -40,23 +41,30 @@ class EC2Instance(InstanceBase):
         config = instance_set._config
         ip = data.get("PublicIpAddress" if config.address == "public" else "PrivateIpAddress")
         if tags is None:
-            tags = {t["Key"]: t["Value"] for t in data.get("Tags", [])}
+            # What many instances share (tag keys, the set id, type, zone,
+            # subnet, state) is kept once, not once per instance: a listing
+            # of thousands is held for as long as the caller wants.
+            tags = {sys.intern(t["Key"]): t["Value"] for t in data.get("Tags", [])}
+            if tags.get(SET_ID_TAG) == instance_set._id:
+                tags[SET_ID_TAG] = instance_set._id
         super().__init__(
             id=str(data["InstanceId"]),
-            provider_type=str(data.get("InstanceType", "")),
-            all_tags=tags
-            if tags is not None
-            else {t["Key"]: t["Value"] for t in data.get("Tags", [])},
+            provider_type=sys.intern(str(data.get("InstanceType", ""))),
+            all_tags=tags,
             address=str(ip or ""),
             remote_user=config.admin_username,
         )
         self._set = instance_set
-        self._zone = str(data.get("Placement", {}).get("AvailabilityZone") or "")
-        self._subnet = str(data.get("SubnetId") or "")
+        self._zone = sys.intern(str(data.get("Placement", {}).get("AvailabilityZone") or ""))
+        self._subnet = sys.intern(str(data.get("SubnetId") or ""))
         self._spot = data.get("InstanceLifecycle") == "spot"
         launched = data.get("LaunchTime")
-        self._launched = launched if isinstance(launched, datetime) else datetime.now(UTC)
-        self._state = str(data.get("State", {}).get("Name", ""))
+        # botocore gives each timestamp a tzinfo object of its own (~0.4 KB):
+        # the same instant in UTC shares one.
+        self._launched = (
+            launched.astimezone(UTC) if isinstance(launched, datetime) else datetime.now(UTC)
+        )
+        self._state = sys.intern(str(data.get("State", {}).get("Name", "")))
 
     @property
     def availability_zone(self) -> str:
