@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import secrets
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import pydantic
 
 from ._errors import ConfigError, HostKeyError
-from ._text import has_control_chars
+from ._text import has_control_chars, printable
 from ._types import InitCommand, InstanceTags
 
 __all__ = [
@@ -109,10 +111,35 @@ def parse_config(
         return model.model_validate(dict(config))
     except pydantic.ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']) or '(document)'}: {err['msg']}"
+            f"{printable('.'.join(str(part) for part in err['loc'])) or '(document)'}: "
+            f"{err['msg']}{_suggestion(model, err)}"
             for err in exc.errors(include_url=False, include_input=False)
         )
         raise ConfigError(f"invalid {driver} config: {problems}") from None
+
+
+def _model_in(annotation: object) -> type[pydantic.BaseModel] | None:
+    """The pydantic model an annotation holds (``Model`` or ``Model | None``)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, pydantic.BaseModel):
+            return candidate
+    return None
+
+
+def _suggestion(model: type[pydantic.BaseModel], error: Any) -> str:
+    """`` (did you mean 'region'?)`` for an unknown key close to a real one."""
+    if error["type"] != "extra_forbidden" or not error["loc"]:
+        return ""
+    *parents, key = (str(part) for part in error["loc"])
+    fields: type[pydantic.BaseModel] | None = model
+    for part in parents:  # down through nested models; lists and dicts end it
+        info = fields.model_fields.get(part) if fields is not None else None
+        fields = _model_in(info.annotation if info is not None else None)
+    if fields is None:
+        return ""
+    names = [info.alias or name for name, info in fields.model_fields.items()]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def new_secret() -> str:

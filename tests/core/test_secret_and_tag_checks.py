@@ -46,3 +46,33 @@ def test_tags_refuse_c0_and_c1_control_characters(text: str, where: str) -> None
 def test_tags_keep_ordinary_unicode() -> None:
     tags = {"owner": "Zo\u00eb \u2013 東京", "empty": "", "sign": "\xa0non-breaking\xa0"}
     assert validate_tags(tags) == tags
+
+
+EXTRA = "Extra inputs are not permitted"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"max_instance": 3}, f"max_instance: {EXTRA} (did you mean 'max_instances'?)"),
+        ({"statedir": "/x"}, f"statedir: {EXTRA} (did you mean 'state_dir'?)"),
+        ({"zzz": 1}, f"zzz: {EXTRA}"),
+    ],
+)
+def test_a_config_key_typo_suggests_the_closest_key(
+    config: dict[str, object], expected: str
+) -> None:
+    from cloudvm._loopback._config import LoopbackConfig
+    from cloudvm.driverkit import parse_config
+
+    with pytest.raises(cloudvm.ConfigError) as info:
+        parse_config(LoopbackConfig, config, driver="loopback")
+    assert str(info.value) == f"invalid loopback config: {expected}"
+
+
+def test_a_typo_in_a_nested_section_suggests_its_key() -> None:
+    from cloudvm.driverkit import parse_config
+    from cloudvm.testing import FakeConfig
+
+    with pytest.raises(cloudvm.ConfigError, match=r"rate_limits\.creat: .*did you mean 'create'"):
+        parse_config(FakeConfig, {"rate_limits": {"creat": {}}}, driver="fake")
