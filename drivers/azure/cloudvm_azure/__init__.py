@@ -8,11 +8,11 @@
 import contextlib
 
 from ._config import AzureConfig as AzureConfig
-from ._driver import CREATED_AT_TAG as CREATED_AT_TAG
 from ._driver import DRIVER as DRIVER
-from ._driver import AzureInstance as AzureInstance
-from ._driver import AzureInstanceSet as AzureInstanceSet
 from ._driver import open_instance_set as open_instance_set
+from ._instance import AzureInstance as AzureInstance
+from ._instance_set import AzureInstanceSet as AzureInstanceSet
+from ._tags import CREATED_AT_TAG as CREATED_AT_TAG
 
 __all__ = [
     "CREATED_AT_TAG",

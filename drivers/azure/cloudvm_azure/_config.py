@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import urllib.parse
 from typing import Self
 
 import pydantic
+
+from cloudvm.driverkit import is_loopback_url
 
 __all__ = ["AzureConfig"]
 
@@ -113,7 +114,7 @@ class AzureConfig(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _check_transport(self) -> Self:
-        if self.allow_insecure_transport or _is_loopback_url(self.base_url):
+        if self.allow_insecure_transport or is_loopback_url(self.base_url):
             return self
         # The URL is not repeated: it may carry user information.
         if self.plain_http:
@@ -143,15 +144,3 @@ class AzureConfig(pydantic.BaseModel):
                 "(or none of them, for the default credential chain)"
             )
         return self
-
-
-def _is_loopback_url(url: str) -> bool:
-    """True when ``url``'s host is a loopback address: 127.0.0.0/8, ``::1``
-    or ``localhost`` (a name the resolver keeps on the machine)."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host.rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -59,6 +59,19 @@ async def test_429_without_retry_after_backs_off_growing(
     assert await iset.instances() == []
 
 
+async def test_a_throttled_nic_listing_fails_the_listing_it_runs_beside(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    await iset.create(SMALL, IMAGE, {}, InitCommand(""), None)
+    arm.inject("GET", "/networkInterfaces$", 429, "TooManyRequests", headers={"Retry-After": "7"})
+    with pytest.raises(RateLimitError) as caught:
+        await iset.instances()
+    assert "listing network interfaces" in str(caught.value)
+    (listed,) = await iset.instances()
+    assert listed.address
+    await listed.destroy()
+
+
 async def test_429_while_polling_a_long_running_operation(
     arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
 ) -> None:

@@ -189,7 +189,7 @@ async def test_one_deadline_bounds_the_whole_metadata_exchange(
     key = asyncssh.generate_private_key("ssh-ed25519")
     instance = await iset.create(SMALL, IMAGE, {}, InitCommand(""), key)
     imds = _Hostile(stall=True)
-    monkeypatch.setattr(cloudvm_azure._driver, "IMDS_TIMEOUT", 0.5)
+    monkeypatch.setattr(cloudvm_azure._verification, "IMDS_TIMEOUT", 0.5)
     async with SSHTestServer(authorized_keys=[key], metadata=imds) as server:
         async with await asyncssh.connect(
             "127.0.0.1", server.port, known_hosts=None, username="u", client_keys=[key]

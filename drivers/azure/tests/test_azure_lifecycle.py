@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 
+import anyio
 import asyncssh
 import cloudvm_azure
 from azure_fake_arm import DISK, NIC, VM, FakeARM
-from azure_support import GROUP, SET_ID, SUBSCRIPTION
+from azure_support import GROUP, SET_ID, SUBSCRIPTION, wait_until
 
 import cloudvm
 from cloudvm import ImageID, InitCommand, InstanceType
@@ -95,17 +96,38 @@ async def test_instances_lists_our_vms_with_addresses_and_exact_tags(
     only_b = await iset.instances({"job": "b"})
     assert [i.id for i in only_b] == [second.id]
     assert only_b[0].tags == {"job": "b"}
-    # One VM listing and one batched NIC listing per call, no per-VM GET.
-    assert [r.path.rsplit("/", 1)[-1] for r in arm.requests] == [
-        "virtualMachines",
-        "networkInterfaces",
-        "virtualMachines",
-        "networkInterfaces",
-    ]
+    # One VM listing and one batched NIC listing per call (made at the same
+    # time, so in either order), no per-VM GET.
+    paths = [r.path.rsplit("/", 1)[-1] for r in arm.requests]
+    assert sorted(paths[:2]) == sorted(paths[2:]) == ["networkInterfaces", "virtualMachines"]
 
     for instance in everything:
         await instance.destroy()
     assert await iset.instances() == []
+    assert_nothing_left(arm)
+
+
+async def test_instances_lists_vms_and_nics_at_the_same_time(
+    arm: FakeARM, iset: cloudvm_azure.AzureInstanceSet
+) -> None:
+    created = await iset.create(SMALL, IMAGE, {}, InitCommand(""), None)
+    arm.requests.clear()
+    hold = arm.hold("GET", "/virtualMachines$")
+    async with anyio.create_task_group() as tg:
+        listed: list[cloudvm.Instance] = []
+
+        async def listing() -> None:
+            listed.extend(await iset.instances())
+
+        tg.start_soon(listing)
+        with anyio.fail_after(20):
+            await hold.reached.wait()
+        # The NIC listing is under way while the VM listing is held.
+        await wait_until(lambda: bool(arm.calls("GET", "/networkInterfaces$")))
+        hold.release()
+    arm.holds.clear()
+    assert [(i.id, i.address) for i in listed] == [(created.id, created.address)]
+    await created.destroy()
     assert_nothing_left(arm)
 
 
@@ -120,7 +142,10 @@ async def test_instances_ignores_vms_of_other_sets(
         {"location": "westeurope", "tags": {SET_ID_TAG: "other"}},
     )
     assert await iset.instances() == []
-    assert [r.path.rsplit("/", 1)[-1] for r in arm.requests] == ["virtualMachines"]
+    # The two listings (the NICs' is made beside the VMs', before it is
+    # known whether any VM is ours), no per-VM GET.
+    paths = sorted(r.path.rsplit("/", 1)[-1] for r in arm.requests)
+    assert paths == ["networkInterfaces", "virtualMachines"]
     arm.resources.clear()
 
 

@@ -22,7 +22,7 @@ from test_azure_lifecycle import IMAGE, SMALL, assert_nothing_left
 import cloudvm
 from cloudvm import InitCommand
 from cloudvm.driverkit import SECRET_TAG
-from cloudvm.testing import RedirectedTarget, SSHTestServer
+from cloudvm.testing import LogCapture, RedirectedTarget, SSHTestServer, capture_every_log
 
 TENANT = "00000000-0000-0000-0000-00000000000b"
 CLIENT_ID = "00000000-0000-0000-0000-00000000000c"
@@ -30,54 +30,13 @@ CLIENT_SECRET = "client-secret-value-9f8e7d6c5b4a"
 INIT = "echo init-marker-5f1e > /tmp/x"
 
 
-class _Collect(logging.Handler):
-    """Every record, formatted (exception text included) and as its dict."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self.lines.append(self.format(record))
-        self.lines.append(repr(record.__dict__))
-
-
 @pytest.fixture
-def every_log() -> Iterator[_Collect]:
-    """DEBUG on the root and on every logger (those that do not propagate
-    get the handler themselves); levels are restored afterwards."""
-    handler = _Collect()
-    names = [
-        "",
-        "azure",
-        "azure.core.pipeline.policies.http_logging_policy",
-        "azure.identity",
-        "aiohttp",
-        "asyncssh",
-        "httpx",
-        "httpcore",
-        "cloudvm",
-    ]
-    loggers = {logging.getLogger(name) for name in names}
-
-    def all_loggers() -> set[logging.Logger]:
-        known = logging.root.manager.loggerDict.values()
-        return loggers | {item for item in known if isinstance(item, logging.Logger)}
-
-    levels = {logger: logger.level for logger in all_loggers()}
-    for logger in levels:
-        logger.setLevel(logging.DEBUG)
-        if logger is logging.root or not logger.propagate:
-            logger.addHandler(handler)
-    yield handler
-    for logger in all_loggers():
-        logger.removeHandler(handler)
-        logger.setLevel(levels.get(logger, logging.NOTSET))
+def every_log() -> Iterator[LogCapture]:
+    with capture_every_log() as capture:
+        yield capture
 
 
-async def test_no_secret_reaches_any_log_record(arm: FakeARM, every_log: _Collect) -> None:
+async def test_no_secret_reaches_any_log_record(arm: FakeARM, every_log: LogCapture) -> None:
     arm.clients[(TENANT, CLIENT_ID)] = CLIENT_SECRET
     config = make_config(arm, tenant_id=TENANT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     key = asyncssh.generate_private_key("ssh-ed25519")
@@ -130,5 +89,5 @@ async def test_no_secret_reaches_any_log_record(arm: FakeARM, every_log: _Collec
         "bearer token": token,
     }
     for what, value in forbidden.items():
-        leaks = [line[:300] for line in every_log.lines if value in line]
+        leaks = [line[:300] for line in every_log.containing(value)]
         assert not leaks, f"the {what} was logged: {leaks[:3]}"
