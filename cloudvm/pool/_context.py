@@ -55,7 +55,7 @@ class PoolContext:
         """Ask for a listing soon (listings start ``MIN_SYNC_GAP`` apart)."""
         self.sync_wanted.set()
 
-    def running(self) -> anyio.abc.TaskGroup:
+    def check_running(self) -> anyio.abc.TaskGroup:
         """The pool's task group.
 
         Raises:

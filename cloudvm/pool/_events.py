@@ -158,6 +158,3 @@ class EventHub:
         for sub in list(self._subscribers):
             sub._end()
         self._subscribers.clear()
-
-    def reopen(self) -> None:
-        self._closed = False

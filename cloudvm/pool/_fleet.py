@@ -81,7 +81,7 @@ class Fleet:
             record.created = created
         self.workers[record.id] = record
         ctx.metrics.moved(itype.name, None, state)
-        self.publish(PoolEventKind.STATE, record, reason=reason, state=state)
+        self._publish(PoolEventKind.STATE, record, reason=reason, state=state)
         ctx.logger.info(
             "worker %s (%s) %s: %s",
             record.id,
@@ -107,7 +107,7 @@ class Fleet:
         record.since = ctx.clock.now()
         record.since_wall = ctx.clock.wall()
         ctx.metrics.moved(record.itype.name, previous, state)
-        self.publish(PoolEventKind.STATE, record, reason=reason, state=state, previous=previous)
+        self._publish(PoolEventKind.STATE, record, reason=reason, state=state, previous=previous)
         # Leases move workers between IDLE and RUNNING all the time: that is
         # DEBUG, except a worker's first IDLE after its boot.
         level = logging.DEBUG if state in (WorkerState.RUNNING, WorkerState.IDLE) else logging.INFO
@@ -147,7 +147,7 @@ class Fleet:
         self._end_work(record, reason)
         self.leases.refresh(record)
         ctx.metrics.moved(record.itype.name, record.state, None)
-        self.publish(PoolEventKind.GONE, record, reason=reason, state=record.state)
+        self._publish(PoolEventKind.GONE, record, reason=reason, state=record.state)
         ctx.logger.info(
             "worker %s (%s) gone: %s",
             record.id,
@@ -168,6 +168,7 @@ class Fleet:
         """Write ``behavior`` to the instance's tag, then act on it: in a
         critical section, so that a cancelled caller leaves the tag and the
         pool agreeing (old or new behaviour). Raises the tag write's error."""
+        # One write at a time per worker: each starts from the tags the last one left.
         async with record.tag_lock:
             tags = {**record.tags, IDLE_BEHAVIOR_TAG: behavior.value}
 
@@ -176,7 +177,7 @@ class Fleet:
                     await record.instance.set_tags(tags)
                 record.tags = tags
                 record.idle_behavior = behavior
-                self.publish(PoolEventKind.IDLE_BEHAVIOR, record, reason="set", behavior=behavior)
+                self._publish(PoolEventKind.IDLE_BEHAVIOR, record, reason="set", behavior=behavior)
                 if record.removed:
                     return
                 if behavior is IdleBehavior.DRAIN and record.state is WorkerState.IDLE:
@@ -187,7 +188,7 @@ class Fleet:
 
             await run_critical(section)
 
-    def publish(
+    def _publish(
         self,
         kind: PoolEventKind,
         record: WorkerRecord,

@@ -211,7 +211,7 @@ class Leases:
             RuntimeError: the pool is not running, or stopped meanwhile.
         """
         ctx = self._ctx
-        ctx.running()
+        ctx.check_running()
         name = itype.name
         started = ctx.clock.now()
         queue, idle = self._waiters[name], self._idle[name]

@@ -299,7 +299,7 @@ class WorkerPool:
             RuntimeError: the pool is not running.
         """
         itype = self._resolve(itype)
-        tg = self._ctx.running()
+        tg = self._ctx.check_running()
         if (
             self._fleet.draining
             or self._listing.last_at is None
@@ -325,7 +325,7 @@ class WorkerPool:
             RuntimeError: the pool is not running.
         """
         itype = self._resolve(itype)
-        self._ctx.running()
+        self._ctx.check_running()
         candidates = [r for r in self._fleet.workers.values() if r.itype.name == itype.name]
         idle = [r for r in candidates if r.state is WorkerState.IDLE]
         if idle:
@@ -354,7 +354,7 @@ class WorkerPool:
         """
         if not isinstance(behavior, IdleBehavior):
             raise TypeError(f"behavior must be an IdleBehavior, not {type(behavior).__name__}")
-        self._ctx.running()
+        self._ctx.check_running()
         record = self._fleet.workers.get(id)
         if record is None:
             raise KeyError(f"the pool has no worker {id!r}")
@@ -413,7 +413,7 @@ class WorkerPool:
             RuntimeError: the pool is not running.
         """
         ctx, fleet, listing = self._ctx, self._fleet, self._listing
-        ctx.running()
+        ctx.check_running()
         fleet.draining += 1
         try:
             while True:
@@ -423,7 +423,7 @@ class WorkerPool:
                 mark = ctx.next_seq()
                 ctx.request_sync()
                 while listing.last_seq < mark:
-                    ctx.running()
+                    ctx.check_running()
                     await listing.next_listing()
                 if not fleet.workers and not self._creates.pending and listing.last_empty:
                     return
