@@ -41,12 +41,15 @@ async def test_only_a_proven_host_becomes_idle(proven: bool, client_key: asyncss
     def factory(target: ExecutorTarget) -> SSHExecutor:
         return SSHExecutor(target if proven else _Liar(target), signers=[client_key])
 
-    async with FakeCloud({"ssh": True, "rate_limits": None}) as cloud, WorkerPool(
-        await cloud.instance_set(SET),
-        config,
-        signers=[client_key],
-        executor_factory=None if proven else factory,
-    ) as pool:
+    async with (
+        FakeCloud({"ssh": True, "rate_limits": None}) as cloud,
+        WorkerPool(
+            await cloud.instance_set(SET),
+            config,
+            signers=[client_key],
+            executor_factory=None if proven else factory,
+        ) as pool,
+    ):
         assert pool.create(SMALL)
         if proven:
             await wait_until(lambda: states(pool) == {WorkerState.IDLE: 1}, timeout=60)
