@@ -9,8 +9,6 @@ finish (or be rolled back) whatever cancellation arrives, asyncio's own
 included; :func:`printable` for text an untrusted host or account chose.
 """
 
-import contextlib
-
 from ._base import InstanceSetBase as InstanceSetBase
 from ._critical import run_critical as run_critical
 from ._delegating import DelegatingInstance as DelegatingInstance
@@ -24,6 +22,7 @@ from ._metadata import imdsv2_get as imdsv2_get
 from ._metadata import imdsv2_token as imdsv2_token
 from ._metadata import verify_with_imdsv2 as verify_with_imdsv2
 from ._metrics import CallMetrics as CallMetrics
+from ._public_names import publish_names as publish_names
 from ._text import printable as printable
 from ._tunnel import METADATA_URL as METADATA_URL
 from ._tunnel import SSHTunnelTransport as SSHTunnelTransport
@@ -64,6 +63,7 @@ __all__ = [
     "new_secret",
     "parse_config",
     "printable",
+    "publish_names",
     "run_critical",
     "split_address",
     "validate_init_command",
@@ -71,8 +71,4 @@ __all__ = [
     "verify_with_imdsv2",
 ]
 
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type) or callable(_value):
-        with contextlib.suppress(AttributeError, TypeError):  # builtins refuse
-            _value.__module__ = __name__
+publish_names(globals())

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG, InstanceBase, is_loopback_url
+from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG, InstanceBase, is_loopback_url, publish_names
 from cloudvm.testing import capture_every_log
 
 
@@ -78,3 +78,25 @@ def test_capture_every_log_sees_a_logger_that_stops_propagating_inside_the_block
         assert len([r for r in logs.records if r.getMessage() == "seen once"]) == 1
     finally:
         logging.getLogger("tests.sdk_like").propagate = True
+
+
+def test_publish_names_shows_public_objects_under_the_package() -> None:
+    class Thing:
+        pass
+
+    def helper() -> None:
+        pass
+
+    namespace: dict[str, object] = {
+        "__name__": "somepkg",
+        "__all__": ["Thing", "helper", "LIMIT", "Number"],
+        "Thing": Thing,
+        "helper": helper,
+        "LIMIT": 3,
+        "Number": int,
+    }
+    publish_names(namespace)
+    assert Thing.__module__ == "somepkg"
+    assert repr(Thing).startswith("<class 'somepkg.")
+    assert helper.__module__ == "somepkg"
+    assert int.__module__ == "builtins"  # a builtin type refuses, and is left alone

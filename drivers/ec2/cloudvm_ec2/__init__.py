@@ -7,8 +7,9 @@ InstanceSet and Instance classes (for ``isinstance`` and their extra
 properties).
 """
 
-import contextlib as _contextlib
 from importlib import metadata as _metadata
+
+from cloudvm.driverkit import publish_names as _publish_names
 
 from ._calls import EC2Client as EC2Client
 from ._config import EC2Config as EC2Config
@@ -49,8 +50,4 @@ __all__ = [
 ]
 
 # Reprs and tracebacks should say cloudvm_ec2.EC2APIError, not the private path.
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type) or callable(_value):
-        with _contextlib.suppress(AttributeError, TypeError):
-            _value.__module__ = __name__
+_publish_names(globals())
