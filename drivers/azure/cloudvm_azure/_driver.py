@@ -69,15 +69,5 @@ async def open_instance_set(
     return instance_set
 
 
-async def _new_instance_set(
-    config: Mapping[str, Any] | str | bytes,
-    id: InstanceSetID,
-    tags: SharedResourceTags,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    registry: prometheus_client.CollectorRegistry | None = None,
-) -> AzureInstanceSet:
-    return await open_instance_set(config, id, tags, logger, registry)
-
-
 #: The Azure driver; ``cloudvm.load_driver("azure")`` returns it.
-DRIVER = driver_func(_new_instance_set)
+DRIVER = driver_func(open_instance_set)
