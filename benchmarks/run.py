@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import _azure_listing
 import _cloud
 import _fanout
 import _latency
@@ -36,6 +37,7 @@ CASES: dict[str, Callable[..., Awaitable[CaseResult]]] = {
     "memory": _memory.run,
     "cloud": _cloud.run,
     "pool": _pool.run,
+    "azure-listing": _azure_listing.run,
 }
 DEFAULT_OUT = Path(__file__).parent / "results"
 
