@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import anyio
 import asyncssh
 
+from .._critical import run_critical
 from .._drivers import load_driver
 from .._errors import CloudError, ExecuteError, HostKeyError, RateLimitError
 from .._executor import SSHExecutor
@@ -136,15 +137,20 @@ class _Runner:
             await self.step(STEP_CANCELLATION, self.cancellation, *base)
             await self.step(STEP_DESTROY, self.destroy, *main)
         finally:
-            # Whatever happened (a failure, our caller cancelling us), destroy
-            # everything the run made and release what it holds.
-            with anyio.CancelScope(shield=True):
-                if self.executor is not None:
-                    await self.executor.close()
-                if self.iset is not None:
-                    await self.step(STEP_CLEANUP, self.cleanup)
-                    await self.step(STEP_STOP, self.stop)
+            # Whatever happened (a failure, our caller cancelling us, Ctrl-C
+            # in `cloudvm cloudtest`), destroy everything the run made and
+            # release what it holds: a critical section, since an anyio shield
+            # would not stop asyncio's own cancellation and would leave
+            # instances running in a real account.
+            await run_critical(self._clean_up)
         return self.report
+
+    async def _clean_up(self) -> None:
+        if self.executor is not None:
+            await self.executor.close()
+        if self.iset is not None:
+            await self.step(STEP_CLEANUP, self.cleanup)
+            await self.step(STEP_STOP, self.stop)
 
     async def step(
         self,

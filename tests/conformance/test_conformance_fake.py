@@ -3,6 +3,7 @@ own behaviour: progress, refusing to run over leftovers, the report."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 
@@ -120,3 +121,24 @@ def test_all_lists_exactly_the_public_names() -> None:
     }
     assert set(conformance.__all__) == public | {"ConformanceSuite"}
     assert conformance.ConformanceSuite is ConformanceSuite
+
+
+async def test_a_run_cancelled_by_task_cancel_still_destroys_what_it_made(
+    ssh_cloud: FakeCloud, client_key: asyncssh.SSHKey
+) -> None:
+    # As Ctrl-C in `cloudvm cloudtest` does: asyncio cancels the run's task,
+    # which an anyio shield would not stop; the clean-up must finish anyway.
+    created = asyncio.Event()
+
+    def progress(result: StepResult) -> None:
+        if result.name == STEP_CREATE:
+            created.set()
+
+    config = fake_config(ssh_cloud.driver, client_key)
+    run = asyncio.ensure_future(run_conformance(config, progress=progress))
+    await created.wait()
+    assert ssh_cloud.instance_ids() != []
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert ssh_cloud.instance_ids() == []
