@@ -29,7 +29,7 @@ def _collectors_for(registry: prometheus_client.CollectorRegistry) -> tuple[Any,
     except ImportError:  # pragma: no cover - depends on the environment
         raise RuntimeError(
             "a metrics registry was given but prometheus_client is not installed. "
-            "Install it with: pip install 'cloudvm[metrics]'"
+            "Install it with: pip install 'aiocloudvm[metrics]'"
         ) from None
     calls = prometheus_client.Counter(
         "cloudvm_api_calls",

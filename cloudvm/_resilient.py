@@ -221,7 +221,7 @@ def _decision_counter(registry: prometheus_client.CollectorRegistry) -> Any:
     except ImportError:  # pragma: no cover - depends on the environment
         raise RuntimeError(
             "a metrics registry was given but prometheus_client is not installed. "
-            "Install it with: pip install 'cloudvm[metrics]'"
+            "Install it with: pip install 'aiocloudvm[metrics]'"
         ) from None
     counter = prometheus_client.Counter(
         "cloudvm_resilient_decisions",

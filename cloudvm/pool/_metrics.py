@@ -31,7 +31,7 @@ def _collectors_for(registry: prometheus_client.CollectorRegistry) -> dict[str, 
     except ImportError:  # pragma: no cover - depends on the environment
         raise RuntimeError(
             "a metrics registry was given but prometheus_client is not installed. "
-            "Install it with: pip install 'cloudvm[metrics]'"
+            "Install it with: pip install 'aiocloudvm[metrics]'"
         ) from None
     made = {
         "workers": prometheus_client.Gauge(
