@@ -17,7 +17,15 @@ from _stats import CaseResult, Row
 
 __all__ = ["machine", "plot", "table", "write_json"]
 
-_PACKAGES = ("aiocloudvm", "aiocloudvm-ec2", "asyncssh", "parallel-ssh", "aiobotocore", "moto", "anyio")
+_PACKAGES = (
+    "aiocloudvm",
+    "aiocloudvm-ec2",
+    "asyncssh",
+    "parallel-ssh",
+    "aiobotocore",
+    "moto",
+    "anyio",
+)
 
 
 def machine() -> dict[str, Any]:
