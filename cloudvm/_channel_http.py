@@ -11,18 +11,19 @@ with any other ``Content-Encoding`` (never decompressed), one deadline bounds
 every request of a session together, and text the server chose reaches an
 error message only escaped.
 
-Requests may run concurrently: each takes an idle channel or opens one, and
-:meth:`ChannelHTTP.open_spare` opens one ahead while another request is in
-flight, so that two requests that depend on a first one can both go out as
-soon as it is answered. Closing a channel does not wait for the server's
-close: asyncssh completes it in the background, or the connection's close
-does.
+A channel is kept alive from request to request, and several GETs can be
+pipelined on it (:meth:`ChannelHTTP.get_all`: every request in one write,
+one round trip for all); requests may also run concurrently, each on a
+channel of its own. Fewer channels and fewer writes matter: each SSH packet
+sent is one system call, the largest part of the client's cost. Closing a
+channel does not wait for the server's close: asyncssh completes it in the
+background, or the connection's close does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import anyio
 import asyncssh
@@ -78,53 +79,42 @@ class ChannelAnswer:
 
 
 class _Channel:
-    """One direct-tcpip channel and the h11 state of its HTTP/1.1 exchange."""
+    """One direct-tcpip channel carrying HTTP/1.1 exchanges, one h11
+    connection state per request (so that requests can be pipelined)."""
 
     def __init__(
         self, reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BUFFER)
+        self._unread = b""  # received past the last answer read
+        self._ended = False  # the server closed its side
 
     def close(self) -> None:
         self._writer.close()
 
-    async def exchange(self, request: h11.Request) -> tuple[ChannelAnswer, bool]:
-        """Send ``request``, read its answer; return it and whether the
-        channel can carry another request."""
-        http = self._http
+    async def exchange(self, requests: Sequence[h11.Request]) -> list[ChannelAnswer]:
+        """Send ``requests`` in one write (pipelined), then read their
+        answers in order. Returns the answers read: all of them, or fewer
+        when the server ended the channel after an answer (the rest were
+        not answered); then :attr:`reusable` is False."""
+        exchanges = [h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BUFFER)]
+        exchanges += [
+            h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BUFFER)
+            for _ in requests[1:]
+        ]
+        answers = []
         try:
-            self._writer.write(http.send(request) + (http.send(h11.EndOfMessage()) or b""))
-            budget = _MAX_ANSWER_WIRE
-            head: h11.Response | None = None
-            body = bytearray()
-            while True:
-                event = http.next_event()
-                if event is h11.NEED_DATA:
-                    if budget <= 0:
-                        raise ChannelHTTPError(
-                            f"the answer exceeds {_MAX_ANSWER_WIRE // 1024} KiB (headers and "
-                            "body); the tunnel reads no more"
-                        )
-                    data = await self._reader.read(min(_READ_SIZE, budget))
-                    budget -= len(data)
-                    http.receive_data(data)
-                elif isinstance(event, h11.Response):
-                    _refuse_unbounded(event)
-                    head = event
-                elif isinstance(event, h11.Data):
-                    if len(body) + len(event.data) > MAX_ANSWER_BODY:
-                        raise ChannelHTTPError(
-                            f"the answer's body exceeds the {MAX_ANSWER_BODY // 1024} KiB cap; "
-                            "the tunnel reads no more"
-                        )
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
+            wire = b"".join(
+                (http.send(request) or b"") + (http.send(h11.EndOfMessage()) or b"")
+                for http, request in zip(exchanges, requests, strict=True)
+            )
+            self._writer.write(wire)
+            for http in exchanges:
+                answers.append(await self._answer(http))
+                if not (http.our_state is h11.DONE and http.their_state is h11.DONE):
+                    self._ended = True
                     break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise ChannelHTTPError("the server closed the channel before answering")
-                # h11.InformationalResponse: skipped, within the wire budget
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:  # h11's "receive buffer too long"
                 raise ChannelHTTPError(
@@ -139,16 +129,57 @@ class _Channel:
             raise ChannelHTTPError(f"the channel failed: {escape_reason(exc)}") from None
         except OSError as exc:
             raise ChannelHTTPError(f"the channel failed: {printable(str(exc))}") from None
+        return answers
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the channel can carry more requests."""
+        return not self._ended
+
+    async def _answer(self, http: h11.Connection) -> ChannelAnswer:
+        # Read one answer with ``http``, starting with what the previous
+        # answer left unread; keep what follows it for the next.
+        if self._unread:
+            http.receive_data(self._unread)
+            self._unread = b""
+        budget = _MAX_ANSWER_WIRE
+        head: h11.Response | None = None
+        body = bytearray()
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                if budget <= 0:
+                    raise ChannelHTTPError(
+                        f"the answer exceeds {_MAX_ANSWER_WIRE // 1024} KiB (headers and "
+                        "body); the tunnel reads no more"
+                    )
+                data = await self._reader.read(min(_READ_SIZE, budget))
+                budget -= len(data)
+                http.receive_data(data)
+            elif isinstance(event, h11.Response):
+                _refuse_unbounded(event)
+                head = event
+            elif isinstance(event, h11.Data):
+                if len(body) + len(event.data) > MAX_ANSWER_BODY:
+                    raise ChannelHTTPError(
+                        f"the answer's body exceeds the {MAX_ANSWER_BODY // 1024} KiB cap; "
+                        "the tunnel reads no more"
+                    )
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ChannelHTTPError("the server closed the channel before answering")
+            # h11.InformationalResponse: skipped, within the wire budget
         assert head is not None  # h11 yields a Response before any Data or EndOfMessage
-        answer = ChannelAnswer(
+        unread, closed = http.trailing_data
+        self._unread = unread
+        self._ended = self._ended or closed
+        return ChannelAnswer(
             head.status_code,
             tuple((k.decode("ascii").lower(), v.decode("latin-1")) for k, v in head.headers),
             bytes(body),
         )
-        reusable = http.our_state is h11.DONE and http.their_state is h11.DONE
-        if reusable:
-            http.start_next_cycle()
-        return answer, reusable
 
 
 def _refuse_unbounded(head: h11.Response) -> None:
@@ -181,8 +212,8 @@ class ChannelHTTP:
     side of ``conn``, each through a direct-tcpip channel; an async context
     manager (leaving it closes every channel, never ``conn``).
 
-    ``timeout`` (seconds) is one deadline over the session: every request
-    and :meth:`open_spare`, answers read to their end, must be done within
+    ``timeout`` (seconds) is one deadline over the session: every request,
+    answers read to their end, must be done within
     ``timeout`` of the first of them, else :class:`ChannelHTTPTimeout`.
     Answers are bounded and never decompressed (see the module's notes).
     """
@@ -270,30 +301,7 @@ class ChannelHTTP:
         self._open.append(channel)
         return channel
 
-    async def open_spare(self) -> None:
-        """Open one channel ahead of need, for a request to come.
-
-        Raises ChannelHTTPError / ChannelHTTPTimeout as :meth:`request`."""
-        try:
-            with anyio.fail_after(self._remaining()):
-                channel = await self._new_channel()
-        except TimeoutError:
-            raise self._timed_out() from None
-        self._idle.append(channel)
-
-    async def request(
-        self, method: str, path: str, headers: Iterable[tuple[str, str]] = ()
-    ) -> ChannelAnswer:
-        """Send ``method`` ``path`` with ``headers`` (plus ``Host``,
-        ``Accept-Encoding: identity``, and ``Content-Length: 0``: requests
-        carry no body) and return the complete answer, whatever its status.
-
-        Raises:
-            ChannelHTTPTimeout: the session's deadline passed.
-            ChannelHTTPError: the channel was refused or failed, or the
-                answer broke HTTP/1.1 or a cap.
-            RuntimeError: the session is closed.
-        """
+    def _request(self, method: str, path: str, headers: Iterable[tuple[str, str]]) -> h11.Request:
         wire_headers = [
             ("Host", self._host if self._port == 80 else f"{self._host}:{self._port}"),
             ("Accept-Encoding", "identity"),
@@ -301,14 +309,53 @@ class ChannelHTTP:
             *((k, v) for k, v in headers if k.lower() not in _OURS),
         ]
         try:
-            request = h11.Request(method=method, target=path, headers=wire_headers)
+            return h11.Request(method=method, target=path, headers=wire_headers)
         except h11.LocalProtocolError as exc:
             raise ValueError(f"cannot send {method} {path!r}: {exc}") from None
+
+    async def request(
+        self, method: str, path: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> ChannelAnswer:
+        """Send ``method`` ``path`` with ``headers`` (plus ``Host``,
+        ``Accept-Encoding: identity``, and ``Content-Length: 0``: requests
+        carry no body) and return the complete answer, whatever its status.
+        A kept-alive channel of the session is reused, else one is opened.
+
+        Raises:
+            ChannelHTTPTimeout: the session's deadline passed.
+            ChannelHTTPError: the channel was refused or failed, or the
+                answer broke HTTP/1.1 or a cap.
+            ValueError: ``method``, ``path`` or ``headers`` cannot be sent.
+            RuntimeError: the session is closed.
+        """
+        (answer,) = await self._send([self._request(method, path, headers)])
+        return answer
+
+    async def get_all(
+        self, paths: Sequence[str], headers: Iterable[tuple[str, str]] = ()
+    ) -> list[ChannelAnswer]:
+        """GET each of ``paths`` with ``headers``, pipelined: all requests go
+        out at once on one channel (one round trip for all), and the answers
+        are returned in order. Requests a server left unanswered by ending
+        the channel are sent again on another (GET is safe to repeat).
+        Raises as :meth:`request`."""
+        headers = list(headers)
+        pending = [self._request("GET", path, headers) for path in paths]
+        answers: list[ChannelAnswer] = []
+        while pending:
+            got = await self._send(pending)
+            answers += got
+            pending = pending[len(got) :]
+        return answers
+
+    async def _send(self, requests: Sequence[h11.Request]) -> list[ChannelAnswer]:
+        # At least one answer, or an error: a channel ended before its first
+        # answer raises, so a caller that repeats the rest always progresses.
         try:
             with anyio.fail_after(self._remaining()):
                 channel = self._idle.pop() if self._idle else await self._new_channel()
                 try:
-                    answer, reusable = await channel.exchange(request)
+                    answers = await channel.exchange(requests)
                 except BaseException:
                     self._drop(channel)
                     raise
@@ -316,11 +363,11 @@ class ChannelHTTP:
             raise
         except TimeoutError:
             raise self._timed_out() from None
-        if reusable and not self._closed:
+        if channel.reusable and not self._closed:
             self._idle.append(channel)
         else:
             self._drop(channel)
-        return answer
+        return answers
 
     def _drop(self, channel: _Channel) -> None:
         channel.close()

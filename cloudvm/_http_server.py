@@ -86,9 +86,12 @@ async def serve_http(
                 ("content-length", str(len(response.body))),
                 *response.headers.items(),
             ]
-            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
-            writer.write(conn.send(h11.Data(data=response.body)))
-            writer.write(conn.send(h11.EndOfMessage()))
+            # One write, so one SSH packet (not three) carries the answer.
+            writer.write(
+                (conn.send(h11.Response(status_code=response.status, headers=headers)) or b"")
+                + (conn.send(h11.Data(data=response.body)) or b"")
+                + (conn.send(h11.EndOfMessage()) or b"")
+            )
             await writer.drain()
             if conn.our_state is h11.MUST_CLOSE:
                 return

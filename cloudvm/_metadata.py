@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
 
-import anyio
 import asyncssh
 import httpx
 
-from ._channel_http import ChannelHTTP, ChannelHTTPError
+from ._channel_http import ChannelAnswer, ChannelHTTP, ChannelHTTPError
 from ._errors import HostKeyError
 from ._validate import SECRET_TAG, check_secret
 
@@ -20,9 +18,6 @@ __all__ = [
     "imdsv2_token",
     "verify_with_imdsv2",
 ]
-
-_A = TypeVar("_A")
-_B = TypeVar("_B")
 
 IMDSV2_TOKEN_TTL = 21600  # seconds, the most EC2 allows
 #: Where EC2 (with InstanceMetadataTags) and the loopback cloud serve the secret.
@@ -83,8 +78,8 @@ async def verify_with_imdsv2(
     ``timeout`` (seconds) bounds the whole proof, every request together,
     not each one. Answers are read as :func:`metadata_client` reads them:
     capped, never decompressed, and the host's text escaped in errors. The
-    proof takes three round trips over the connection: two channels opened
-    at once, the token asked on one, then both reads at once.
+    proof takes three round trips over the connection, on one channel: its
+    open, the token, then both reads pipelined.
 
     Returns None when both match. Raises HostKeyError when either differs, the
     secret is empty (expected or presented), or the service cannot be read in
@@ -93,9 +88,7 @@ async def verify_with_imdsv2(
     async with ChannelHTTP(conn, timeout=timeout) as http:
         try:
             presented_id, presented = await _imdsv2_proof(http, secret_path)
-        except ChannelHTTPError as exc:
-            raise HostKeyError(f"{who}: cannot read the metadata service: {exc}") from None
-        except _StatusError as exc:
+        except (ChannelHTTPError, _StatusError) as exc:
             raise HostKeyError(f"{who}: cannot read the metadata service: {exc}") from None
     if presented_id.strip() != instance_id:
         raise HostKeyError(f"{who}: the host is another instance")
@@ -107,37 +100,21 @@ class _StatusError(Exception):
     not the reason phrase the host chose)."""
 
 
-async def _imdsv2_get(http: ChannelHTTP, method: str, path: str, header: tuple[str, str]) -> str:
-    answer = await http.request(method, path, [header])
+def _answer_text(answer: ChannelAnswer, method: str, path: str) -> str:
     if not 200 <= answer.status < 300:
         raise _StatusError(f"it answered HTTP {answer.status} to {method} {path}")
     return answer.text()
 
 
 async def _imdsv2_proof(http: ChannelHTTP, secret_path: str) -> tuple[str, str]:
-    """The instance id and the body at ``secret_path``, in three round trips."""
+    """The instance id and the body at ``secret_path``, in three round trips
+    on one channel: its open, the token, then both reads pipelined."""
+    token_path = "/latest/api/token"
     ttl = ("X-aws-ec2-metadata-token-ttl-seconds", str(IMDSV2_TOKEN_TTL))
-    # The second channel opens while the token is asked on the first.
-    _, token = await _both(http.open_spare(), _imdsv2_get(http, "PUT", "/latest/api/token", ttl))
-    header = ("X-aws-ec2-metadata-token", token)
-    return await _both(
-        _imdsv2_get(http, "GET", "/latest/meta-data/instance-id", header),
-        _imdsv2_get(http, "GET", secret_path, header),
+    token = _answer_text(await http.request("PUT", token_path, [ttl]), "PUT", token_path)
+    paths = ["/latest/meta-data/instance-id", secret_path]
+    answers = await http.get_all(paths, [("X-aws-ec2-metadata-token", token)])
+    presented_id, presented = (
+        _answer_text(answer, "GET", path) for answer, path in zip(answers, paths, strict=True)
     )
-
-
-async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
-    """Await both at once; the first failure is raised as itself (the other
-    is cancelled), not inside an exception group."""
-    done: list[Any] = [None]
-
-    async def run_first() -> None:
-        done[0] = await first
-
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_first)
-            later = await second
-    except BaseExceptionGroup as errors:
-        raise errors.exceptions[0] from None
-    return done[0], later
+    return presented_id, presented

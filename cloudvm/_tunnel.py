@@ -47,8 +47,6 @@ _MAX_ANSWER_WIRE = MAX_ANSWER_HEAD + MAX_ANSWER_BODY + 16 * 1024
 # asyncssh buffers what a channel received until we read it, up to the
 # channel's window: keep that bounded too (asyncssh's default is 2 MiB).
 _CHANNEL_WINDOW = 2 * _MAX_ANSWER_WIRE
-# How long closing a channel may wait for the server's close before giving up.
-_CLOSE_TIMEOUT = 5.0  # seconds
 # The tunnel refuses TLS, but httpx builds an SSL context for every transport
 # and by default loads the whole CA bundle into it (about 50 ms, measured in
 # benchmarks/ fan-out); hand it this one, never used, instead.
@@ -99,11 +97,9 @@ class _ChannelStream(httpcore.AsyncNetworkStream):
         self,
         reader: asyncssh.SSHReader[bytes],
         writer: asyncssh.SSHWriter[bytes],
-        deadline: _Deadline,
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._deadline = deadline
         self._budget = _MAX_ANSWER_WIRE  # bytes still allowed for the current answer
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -140,16 +136,10 @@ class _ChannelStream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError(str(exc)) from exc
 
     async def aclose(self) -> None:
+        # Synchronous, so no cancellation stops it half way; the server's
+        # close is not waited for (a round trip per channel): asyncssh
+        # completes it in the background, or the connection's close does.
         self._writer.close()
-        # The close must finish even when the caller is being cancelled, or the
-        # channel would stay half-open on the connection; but it waits for the
-        # server's close only as long as the deadline allows.
-        wait = _CLOSE_TIMEOUT
-        remaining = self._deadline.remaining()
-        if remaining is not None:
-            wait = min(wait, remaining)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(wait):
-            await self._writer.wait_closed()
 
     async def start_tls(
         self,
@@ -166,9 +156,8 @@ class _ChannelStream(httpcore.AsyncNetworkStream):
 class _ChannelBackend(httpcore.AsyncNetworkBackend):
     """Opens each "TCP connection" as a direct-tcpip channel on ``conn``."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, deadline: _Deadline) -> None:
+    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
-        self._deadline = deadline
 
     async def connect_tcp(
         self,
@@ -191,7 +180,7 @@ class _ChannelBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectError(
                 f"the SSH server refused a channel to {host}:{port}: {exc}"
             ) from exc
-        return _ChannelStream(reader, writer, self._deadline)
+        return _ChannelStream(reader, writer)
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -292,9 +281,7 @@ class SSHTunnelTransport(httpx.AsyncBaseTransport):
         self._inner = httpx.AsyncHTTPTransport(verify=_UNUSED_SSL_CONTEXT)
         # httpx has no public parameter for an httpcore network backend, so we
         # replace the pool it built; its request/response and error mapping stay.
-        self._inner._pool = httpcore.AsyncConnectionPool(
-            network_backend=_ChannelBackend(conn, self._deadline)
-        )
+        self._inner._pool = httpcore.AsyncConnectionPool(network_backend=_ChannelBackend(conn))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         request.headers["Accept-Encoding"] = "identity"

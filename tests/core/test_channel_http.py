@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import anyio
 import asyncssh
@@ -30,6 +31,7 @@ class Metadata:
         self.channels_open = 0
         self.port = 0
         self._changed = anyio.Event()
+        self.log: list[tuple[str, bytes]] = []  # ("read" | "write", data), in order
 
     def _count(self, opened: int, change: int) -> None:
         self.channels_opened += opened
@@ -52,8 +54,27 @@ class Metadata:
             self.requests.append(request)
             return await self.handler(request)
 
+        log = self.log
+
+        class Reader:
+            async def read(self, size: int) -> bytes:
+                data = await reader.read(size)
+                log.append(("read", data))
+                return data
+
+        class Writer:
+            def write(self, data: bytes) -> None:
+                log.append(("write", data))
+                writer.write(data)
+
+            async def drain(self) -> None:
+                await writer.drain()
+
+            def close(self) -> None:
+                writer.close()
+
         try:
-            await serve_http(answer, reader, writer)
+            await serve_http(answer, cast(Any, Reader()), cast(Any, Writer()))
         finally:
             self._count(0, -1)
 
@@ -145,39 +166,41 @@ async def test_a_caller_cannot_ask_for_an_encoding(client_key: asyncssh.SSHKey) 
     assert metadata.requests[0].headers["accept-encoding"] == "identity"
 
 
-async def test_the_imdsv2_proof_reads_both_answers_at_once(client_key: asyncssh.SSHKey) -> None:
-    # Each GET is answered only once both have arrived, and the token only
-    # once the second channel is open: a proof doing them one after the
-    # other would wait forever (and fail at its deadline).
-    both_asked = anyio.Event()
-    service = _imdsv2()
-    box: list[Metadata] = []
-
-    async def handler(request: HTTPRequest) -> HTTPResponse:
-        metadata = box[0]
-        if request.method == "PUT":
-            await metadata.until(lambda: metadata.channels_opened >= 2)
-        else:
-            gets = [r for r in metadata.requests if r.method == "GET"]
-            if len(gets) == 2:
-                both_asked.set()
-            with anyio.fail_after(10):
-                await both_asked.wait()
-        return await service(request)
-
-    async with connected(client_key, handler) as (metadata, conn):
-        box.append(metadata)
-        await verify_with_imdsv2(conn, instance_id="i-1", secret=_SECRET, timeout=40)
+async def test_the_imdsv2_proof_pipelines_both_reads(client_key: asyncssh.SSHKey) -> None:
+    async with connected(client_key, _imdsv2()) as (metadata, conn):
+        await verify_with_imdsv2(conn, instance_id="i-1", secret=_SECRET)
         await metadata.all_closed()
     asked = [(r.method, r.path) for r in metadata.requests]
-    assert asked[0] == ("PUT", "/latest/api/token")
-    assert sorted(asked[1:]) == [
+    assert asked == [
+        ("PUT", "/latest/api/token"),
         ("GET", "/latest/meta-data/instance-id"),
         ("GET", IMDSV2_SECRET_PATH),
     ]
-    assert metadata.channels_opened == 2
+    assert metadata.channels_opened == 1
     tokens = {r.headers["x-aws-ec2-metadata-token"] for r in metadata.requests[1:]}
     assert len(tokens) == 1  # one token for both reads
+    # Both GETs had reached the server before it wrote its first answer to
+    # a GET: they went out together, not one after the other's answer.
+    writes = [i for i, (kind, _) in enumerate(metadata.log) if kind == "write"]
+    before_first_get_answer = b"".join(
+        data for kind, data in metadata.log[: writes[1]] if kind == "read"
+    )
+    assert b"GET /latest/meta-data/instance-id " in before_first_get_answer
+    assert f"GET {IMDSV2_SECRET_PATH} ".encode() in before_first_get_answer
+
+
+async def test_pipelined_gets_left_unanswered_go_again(client_key: asyncssh.SSHKey) -> None:
+    # A server that closes the channel after each answer ("Connection:
+    # close"): the GETs it did not answer are sent again on a new channel.
+    async def one_per_channel(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(200, request.path.encode(), headers={"connection": "close"})
+
+    async with connected(client_key, one_per_channel) as (metadata, conn):
+        async with ChannelHTTP(conn) as http:
+            answers = await http.get_all(["/a", "/b", "/c"])
+        assert [answer.text() for answer in answers] == ["/a", "/b", "/c"]
+        assert metadata.channels_opened == 3
+        await metadata.all_closed()
 
 
 async def test_an_error_status_fails_the_proof_without_the_reason(
