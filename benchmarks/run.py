@@ -22,6 +22,7 @@ from pathlib import Path
 import _azure_listing
 import _cloud
 import _fanout
+import _gce_listing
 import _latency
 import _memory
 import _pool
@@ -37,6 +38,7 @@ CASES: dict[str, Callable[..., Awaitable[CaseResult]]] = {
     "memory": _memory.run,
     "cloud": _cloud.run,
     "pool": _pool.run,
+    "gce-listing": _gce_listing.run,
     "azure-listing": _azure_listing.run,
 }
 DEFAULT_OUT = Path(__file__).parent / "results"

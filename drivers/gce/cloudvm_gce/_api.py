@@ -1,10 +1,14 @@
-"""The Compute API, called from worker threads with one client per thread.
+"""The Compute API, called from worker threads, one client set per call.
 
 google-cloud-compute is synchronous and its clients (a ``requests`` session
-each) must not be shared across threads. Every call here runs in an anyio
-worker thread, bounded by a CapacityLimiter, and uses that thread's own
-clients, made on first use. The SDK's own retries are off (``retry=None``
-at each call site): throttling surfaces as RateLimitError at once.
+each) must not be used by two threads at once. Every call here runs in an
+anyio worker thread, bounded by a CapacityLimiter, with a client set taken
+from a pool for the call's length and given back after: never two calls on
+one set at once, and the sets (and their HTTPS connections to the API)
+outlive the worker threads, which anyio retires after a few idle seconds.
+At most ``max_concurrent_calls`` sets are ever made, as many as calls run
+at once. The SDK's own retries are off (``retry=None`` at each call site):
+throttling surfaces as RateLimitError at once.
 
 A request on the wire cannot be recalled, and a thread cannot be stopped:
 every call runs as a :func:`cloudvm.driverkit.run_critical` section, so a
@@ -17,7 +21,6 @@ keeps working for a caller that is gone.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -81,7 +84,7 @@ def load_credentials(config: GCEConfig) -> gcredentials.Credentials:
 
 
 class Clients:
-    """One worker thread's own Compute clients."""
+    """One client set: used by one call at a time."""
 
     def __init__(self, options: ClientOptions, credentials: gcredentials.Credentials) -> None:
         self.instances = compute_v1.InstancesClient(client_options=options, credentials=credentials)
@@ -89,18 +92,20 @@ class Clients:
             client_options=options, credentials=credentials
         )
 
-
-def _close_all(instances: compute_v1.InstancesClient, ops: compute_v1.ZoneOperationsClient) -> None:
-    instances.transport.close()  # type: ignore[no-untyped-call]
-    ops.transport.close()  # type: ignore[no-untyped-call]
+    def close(self) -> None:
+        """Close the clients' HTTP sessions."""
+        self.instances.transport.close()  # type: ignore[no-untyped-call]
+        self.operations.transport.close()  # type: ignore[no-untyped-call]
 
 
 class ComputeAPI:
-    """Runs Compute API calls in worker threads, one client set per thread.
+    """Runs Compute API calls in worker threads, each with a client set of
+    its own for its length, taken from (and given back to) a pool.
 
-    At most ``config.max_concurrent_calls`` calls run at once; a cancelled
-    caller, whatever cancelled it, waits for its call to finish in the thread
-    (at most the call's own timeout), then sees the cancellation.
+    At most ``config.max_concurrent_calls`` calls run at once, so at most as
+    many client sets are made; a cancelled caller, whatever cancelled it,
+    waits for its call to finish in the thread (at most the call's own
+    timeout), then sees the cancellation.
     """
 
     def __init__(self, config: GCEConfig, credentials: gcredentials.Credentials) -> None:
@@ -108,35 +113,33 @@ class ComputeAPI:
         self._options = ClientOptions(api_endpoint=config.api_endpoint)
         self._credentials = credentials
         self._limiter = anyio.CapacityLimiter(config.max_concurrent_calls)
-        self._local = threading.local()
         self._lock = threading.Lock()
-        # One finalizer per client set: it closes the set's sessions when its
-        # thread ends (the set is garbage) or when close() runs, whichever first.
-        self._finalizers: list[weakref.finalize[..., Clients]] = []
+        self._idle: list[Clients] = []  # the most recently given back last
         self._closed = False
+        #: How many client sets were made (each opens its own connections).
         self.clients_made = 0
         #: Calls not yet ended, their thread's work included.
         self.calls_in_flight = 0
 
-    def _clients(self) -> Clients:
-        clients: Clients | None = getattr(self._local, "clients", None)
-        if clients is None:
-            with self._lock:
-                if self._closed:
-                    raise RuntimeError("the GCE InstanceSet is stopped")
-                clients = Clients(self._options, self._credentials)
-                self._finalizers = [f for f in self._finalizers if f.alive]
-                self._finalizers.append(
-                    weakref.finalize(clients, _close_all, clients.instances, clients.operations)
-                )
-                self.clients_made += 1
-            self._local.clients = clients
-        return clients
+    def _take(self) -> Clients:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the GCE InstanceSet is stopped")
+            if self._idle:
+                # The last given back: its connections are the likeliest open.
+                return self._idle.pop()
+            self.clients_made += 1
+        return Clients(self._options, self._credentials)
+
+    def _give_back(self, clients: Clients) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(clients)
+                return
+        clients.close()
 
     def _run(self, what: str, fn: Callable[[Clients], _T]) -> _T:
-        if self._closed:
-            raise RuntimeError("the GCE InstanceSet is stopped")
-        clients = self._clients()
+        clients = self._take()
         try:
             return fn(clients)
         except gexc.NotFound as exc:
@@ -147,9 +150,12 @@ class ComputeAPI:
             raise TransportError(
                 f"GCE {what}: no answer from the Compute API ({type(exc).__name__})"
             ) from exc
+        finally:
+            self._give_back(clients)
 
     async def call(self, what: str, fn: Callable[[Clients], _T]) -> _T:
-        """Run ``fn(clients)`` in a worker thread with that thread's clients.
+        """Run ``fn(clients)`` in a worker thread with a client set no other
+        call uses meanwhile.
 
         ``what`` names the call in error messages. Raises NotFoundError for a
         404, TransportError when no answer arrived, and otherwise the cloudvm
@@ -167,9 +173,10 @@ class ComputeAPI:
             self.calls_in_flight -= 1
 
     def close(self) -> None:
-        """Close every client set's HTTP sessions. Later calls raise RuntimeError."""
+        """Close every client set's HTTP sessions (a set still in use, when
+        its call ends). Later calls raise RuntimeError."""
         with self._lock:
             self._closed = True
-            finalizers, self._finalizers = self._finalizers, []
-        for finalizer in finalizers:
-            finalizer()
+            idle, self._idle = self._idle, []
+        for clients in idle:
+            clients.close()

@@ -1,25 +1,43 @@
-"""Zone operations: waiting for one, and the error a finished one carries."""
+"""Zone operations: waiting for one, and the error a finished one carries.
+
+An operation is waited for from the event loop: short ``zoneOperations.get``
+polls (each one short call in a worker thread), at a growing interval
+capped at :data:`MAX_POLL_INTERVAL`. No thread is held while an operation
+runs, so a listing or another create never waits behind operations, and a
+caller cancelled meanwhile leaves at once (after at most the poll in flight:
+what it started is tagged and in the cloud for the next listing to see).
+"""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 from google.cloud import compute_v1
 
-from cloudvm import CloudError
+from cloudvm import CloudError, RateLimitError
 
 from ._api import Clients, ComputeAPI, TransportError
 from ._config import GCEConfig
 from ._errors import classify
 
-__all__ = ["DONE", "Operations", "operation_error"]
+__all__ = [
+    "DONE",
+    "FIRST_POLL_INTERVAL",
+    "MAX_POLL_INTERVAL",
+    "POLL_GROWTH",
+    "Operations",
+    "operation_error",
+]
 
 DONE = compute_v1.Operation.Status.DONE
-# How long one zoneOperations.wait call may take: the API holds it up to 2 min.
-_WAIT_CALL_TIMEOUT = 150.0  # seconds
-_WAIT_RETRY_DELAY = 1.0  # seconds before asking again after a failed wait call
+#: The first poll comes this soon after the call that started the operation;
+#: each later one waits ``POLL_GROWTH`` times longer, up to ``MAX_POLL_INTERVAL``.
+FIRST_POLL_INTERVAL = 0.05  # seconds
+POLL_GROWTH = 1.5
+MAX_POLL_INTERVAL = 1.5  # seconds
 
 
 def operation_error(op: compute_v1.Operation, what: str) -> CloudError | None:
@@ -48,12 +66,16 @@ class Operations:
         self._logger = logger
 
     async def wait(self, zone: str, op: compute_v1.Operation) -> compute_v1.Operation:
-        """Wait with our own ZoneOperationsClient until ``op`` is DONE or
+        """Poll ``op`` with our own ZoneOperationsClient until it is DONE or
         ``operation_timeout`` passes; return its last state. (An extended
-        operation's ``result()`` would poll Google's host, not ours.)"""
+        operation's ``result()`` would poll Google's host, not ours.) A poll
+        that got no answer is not an error: the next one asks again; a
+        throttled one waits until the API allows the next. Raises the
+        cloudvm error of a poll the API refused otherwise."""
         cfg = self._config
         deadline = anyio.current_time() + cfg.operation_timeout
         name = op.name
+        interval = FIRST_POLL_INTERVAL
         while op.status != DONE:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
@@ -64,19 +86,33 @@ class Operations:
                     extra={"operation": name, "zone": zone},
                 )
                 return op
-            timeout = min(remaining, _WAIT_CALL_TIMEOUT)
+            await anyio.sleep(min(interval, remaining))
+            interval = min(interval * POLL_GROWTH, MAX_POLL_INTERVAL)
 
-            def wait(c: Clients, timeout: float = timeout) -> compute_v1.Operation:
-                return c.operations.wait(
-                    project=cfg.project, zone=zone, operation=name, retry=None, timeout=timeout
+            def poll(c: Clients) -> compute_v1.Operation:
+                return c.operations.get(
+                    project=cfg.project,
+                    zone=zone,
+                    operation=name,
+                    retry=None,
+                    timeout=cfg.call_timeout,
                 )
 
             try:
-                op = await self._api.call("zoneOperations.wait", wait)
+                op = await self._api.call("zoneOperations.get", poll)
             except TransportError:
-                # The wait call itself timed out or was cut: ask again, without
-                # hammering an API that refuses connections.
-                await anyio.sleep(min(_WAIT_RETRY_DELAY, max(0.0, remaining)))
+                pass  # no answer: the next poll asks again
+            except RateLimitError as exc:
+                # The operation runs on whether we ask or not: ask again once
+                # the API allows, rather than fail a call that took effect.
+                pause = (exc.earliest_retry - datetime.now(UTC)).total_seconds()
+                self._logger.debug(
+                    "GCE polls of operation %s throttled; asking again in %.1f s",
+                    name,
+                    pause,
+                    extra={"operation": name, "zone": zone, "code": exc.code},
+                )
+                await anyio.sleep(max(0.0, min(pause, deadline - anyio.current_time())))
         return op
 
     async def finish(self, zone: str, op: compute_v1.Operation, what: str) -> None:

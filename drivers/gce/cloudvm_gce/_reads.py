@@ -65,6 +65,10 @@ def created_at(instance: compute_v1.Instance) -> datetime | None:
         return None
 
 
+# The metadata items a listing reads.
+_LISTED_ITEMS = frozenset({SET_ID_TAG, SECRET_TAG, TAGS_ITEM})
+
+
 def _last_segment(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
@@ -86,21 +90,42 @@ async def get_instance(
 
 
 def _listed(
-    config: GCEConfig, set_id: str, zone: str, raw: compute_v1.Instance, wanted: InstanceTags
+    config: GCEConfig, set_id: str, zone: str, raw: Any, wanted: InstanceTags
 ) -> ListedInstance | None:
-    if metadata_item(raw.metadata, SET_ID_TAG) != set_id:
+    """What the driver keeps of ``raw`` (a listed ``Instance``'s protobuf
+    message), or None when it is not one of set ``set_id``'s instances
+    carrying ``wanted``. It reads the protobuf message itself, each field
+    once: proto-plus wraps every field on every access, and a listing of
+    thousands of instances would spend more on those wrappers than on the
+    SDK's own parsing."""
+    items: dict[str, str] = {}
+    for item in raw.metadata.items:
+        if item.key in _LISTED_ITEMS:
+            items[item.key] = item.value
+    if items.get(SET_ID_TAG) != set_id:
         return None
-    itags = decode_tags(metadata_item(raw.metadata, TAGS_ITEM))
+    itags = decode_tags(items.get(TAGS_ITEM))
     if itags is None or any(itags.get(k) != v for k, v in wanted.items()):
         return None
+    address = ""
+    if raw.network_interfaces:
+        nic = raw.network_interfaces[0]
+        if config.address == "internal":
+            address = nic.network_i_p
+        elif nic.access_configs:
+            address = nic.access_configs[0].nat_i_p
+    try:
+        created: datetime | None = datetime.fromisoformat(raw.creation_timestamp)
+    except ValueError:
+        created = None
     return ListedInstance(
-        name=str(raw.name),
+        name=raw.name,
         zone=zone,
-        machine_type=_last_segment(str(raw.machine_type)),
+        machine_type=_last_segment(raw.machine_type),
         tags=itags,
-        secret=metadata_item(raw.metadata, SECRET_TAG),
-        address=address_of(raw, config.address),
-        created_at=created_at(raw),
+        secret=items.get(SECRET_TAG),
+        address=address,
+        created_at=created,
     )
 
 
@@ -119,15 +144,15 @@ async def list_zone(
         if token:
             request.page_token = token
 
-        def first_page(c: Clients, request: compute_v1.ListInstancesRequest = request) -> Any:
+        def one_page(
+            c: Clients, request: compute_v1.ListInstancesRequest = request
+        ) -> tuple[list[ListedInstance], str]:
             pager = c.instances.list(request=request, retry=None, timeout=config.call_timeout)
-            return next(iter(pager.pages))
+            page = compute_v1.InstanceList.pb(next(iter(pager.pages)))
+            listed = (_listed(config, set_id, zone, raw, wanted) for raw in page.items)
+            return [i for i in listed if i is not None], page.next_page_token
 
-        page = await api.call("instances.list", first_page)
-        for raw in page.items:
-            listed = _listed(config, set_id, zone, raw, wanted)
-            if listed is not None:
-                found.append(listed)
-        token = str(page.next_page_token or "")
+        listed, token = await api.call("instances.list", one_page)
+        found.extend(listed)
         if not token:
             return found
