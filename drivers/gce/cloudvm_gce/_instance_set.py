@@ -196,6 +196,7 @@ class GCEInstanceSet(InstanceSetBase):
                     )
                     continue
                 self._next_zone = zones.index(zone)
+                shown = compute_v1.Instance.pb(found) if found is not None else None
                 self._logger.info(
                     "created GCE instance %s in %s",
                     name,
@@ -209,8 +210,8 @@ class GCEInstanceSet(InstanceSetBase):
                     machine_type=itype.provider_type,
                     tags=checked_tags,
                     secret=secret,
-                    address=address_of(found, self._config.address) if found else "",
-                    created_at=created_at(found) if found else None,
+                    address=address_of(shown, self._config.address) if shown is not None else "",
+                    created_at=created_at(shown) if shown is not None else None,
                 )
             # Every zone failed: capacity may come back later, quota only
             # when something is destroyed.

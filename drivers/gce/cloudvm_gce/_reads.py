@@ -47,20 +47,22 @@ def metadata_item(metadata: compute_v1.Metadata, key: str) -> str | None:
     return None
 
 
-def address_of(instance: compute_v1.Instance, which: Literal["internal", "external"]) -> str:
-    """The instance's internal or external IP; "" while it has none."""
-    if not instance.network_interfaces:
+def address_of(raw: Any, which: Literal["internal", "external"]) -> str:
+    """The internal or external IP of ``raw``, an ``Instance``'s protobuf
+    message (``compute_v1.Instance.pb(instance)``); "" while it has none."""
+    if not raw.network_interfaces:
         return ""
-    nic = instance.network_interfaces[0]
+    nic = raw.network_interfaces[0]
     if which == "external":
         return str(nic.access_configs[0].nat_i_p) if nic.access_configs else ""
     return str(nic.network_i_p)
 
 
-def created_at(instance: compute_v1.Instance) -> datetime | None:
-    """The instance's creation time; None when GCE gives none readable."""
+def created_at(raw: Any) -> datetime | None:
+    """The creation time of ``raw``, an ``Instance``'s protobuf message;
+    None when GCE gives none readable."""
     try:
-        return datetime.fromisoformat(str(instance.creation_timestamp))
+        return datetime.fromisoformat(raw.creation_timestamp)
     except ValueError:
         return None
 
@@ -107,25 +109,14 @@ def _listed(
     itags = decode_tags(items.get(TAGS_ITEM))
     if itags is None or any(itags.get(k) != v for k, v in wanted.items()):
         return None
-    address = ""
-    if raw.network_interfaces:
-        nic = raw.network_interfaces[0]
-        if config.address == "internal":
-            address = nic.network_i_p
-        elif nic.access_configs:
-            address = nic.access_configs[0].nat_i_p
-    try:
-        created: datetime | None = datetime.fromisoformat(raw.creation_timestamp)
-    except ValueError:
-        created = None
     return ListedInstance(
         name=raw.name,
         zone=zone,
         machine_type=_last_segment(raw.machine_type),
         tags=itags,
         secret=items.get(SECRET_TAG),
-        address=address,
-        created_at=created,
+        address=address_of(raw, config.address),
+        created_at=created_at(raw),
     )
 
 
