@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -10,6 +9,7 @@ import asyncssh
 from cloudvm import InstancePrice, InstanceTags, InstanceType
 from cloudvm.driverkit import InstanceBase, validate_tags
 
+from ._reads import InstanceRecord
 from ._tags import MAX_USER_TAGS
 from ._verify import verify_host_key
 
@@ -26,29 +26,18 @@ class GCEInstance(InstanceBase):
     internal IP (or external, per the config's ``address``), its remote user
     the config's ``admin_username``, which the SSH key is authorised for."""
 
-    def __init__(
-        self,
-        instance_set: GCEInstanceSet,
-        *,
-        name: str,
-        zone: str,
-        machine_type: str,
-        tags: InstanceTags,
-        secret: str | None,
-        address: str,
-        created_at: datetime | None,
-    ) -> None:
+    def __init__(self, instance_set: GCEInstanceSet, record: InstanceRecord) -> None:
         super().__init__(
-            id=name,
-            provider_type=machine_type,
-            all_tags=tags,
-            address=address,
+            id=record.name,
+            provider_type=record.machine_type,
+            all_tags=record.tags,
+            address=record.address,
             remote_user=instance_set.remote_user,
         )
         self._set = instance_set
-        self._zone = zone
-        self._secret = secret
-        self._created_at = created_at
+        self._zone = record.zone
+        self._secret = record.secret
+        self._created_at = record.created_at
 
     @property
     def zone(self) -> str:

@@ -44,7 +44,7 @@ from ._insert_body import instance_body
 from ._instance import GCEInstance
 from ._operations import DONE, Operations, operation_error
 from ._reads import (
-    ListedInstance,
+    InstanceRecord,
     address_of,
     created_at,
     get_instance,
@@ -203,8 +203,7 @@ class GCEInstanceSet(InstanceSetBase):
                     zone,
                     extra={"instance_id": name, "zone": zone, "instance_set_id": self._id},
                 )
-                return GCEInstance(
-                    self,
+                record = InstanceRecord(
                     name=name,
                     zone=zone,
                     machine_type=itype.provider_type,
@@ -213,6 +212,7 @@ class GCEInstanceSet(InstanceSetBase):
                     address=address_of(shown, self._config.address) if shown is not None else "",
                     created_at=created_at(shown) if shown is not None else None,
                 )
+                return GCEInstance(self, record)
             # Every zone failed: capacity may come back later, quota only
             # when something is destroyed.
             error = last_capacity or last_quota
@@ -299,7 +299,7 @@ class GCEInstanceSet(InstanceSetBase):
         self._check_open()
         wanted = validate_tags(tags or {})
         flt = label_filter(self._id, wanted)
-        per_zone: dict[str, list[ListedInstance]] = {}
+        per_zone: dict[str, list[InstanceRecord]] = {}
 
         async def list_one(zone: str) -> None:
             per_zone[zone] = await list_zone(self._api, self._config, self._id, zone, flt, wanted)
@@ -315,20 +315,7 @@ class GCEInstanceSet(InstanceSetBase):
                 errors = list(_leaves(group))
                 first = next((e for e in errors if isinstance(e, RateLimitError)), errors[0])
                 raise first from None
-        return [
-            GCEInstance(
-                self,
-                name=listed.name,
-                zone=listed.zone,
-                machine_type=listed.machine_type,
-                tags=listed.tags,
-                secret=listed.secret,
-                address=listed.address,
-                created_at=listed.created_at,
-            )
-            for zone in self._config.zones
-            for listed in per_zone[zone]
-        ]
+        return [GCEInstance(self, r) for zone in self._config.zones for r in per_zone[zone]]
 
     # -- quota groups -----------------------------------------------------
 

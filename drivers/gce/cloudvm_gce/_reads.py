@@ -17,7 +17,7 @@ from ._config import GCEConfig
 from ._tags import TAGS_ITEM, decode_tags
 
 __all__ = [
-    "ListedInstance",
+    "InstanceRecord",
     "address_of",
     "created_at",
     "get_instance",
@@ -27,8 +27,9 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class ListedInstance:
-    """What the driver keeps of one instance of the set, as listed."""
+class InstanceRecord:
+    """What the driver keeps of one instance of the set, as a listing or
+    create saw it."""
 
     name: str
     zone: str
@@ -93,7 +94,7 @@ async def get_instance(
 
 def _listed(
     config: GCEConfig, set_id: str, zone: str, raw: Any, wanted: InstanceTags
-) -> ListedInstance | None:
+) -> InstanceRecord | None:
     """What the driver keeps of ``raw`` (a listed ``Instance``'s protobuf
     message), or None when it is not one of set ``set_id``'s instances
     carrying ``wanted``. It reads the protobuf message itself, each field
@@ -109,7 +110,7 @@ def _listed(
     itags = decode_tags(items.get(TAGS_ITEM))
     if itags is None or any(itags.get(k) != v for k, v in wanted.items()):
         return None
-    return ListedInstance(
+    return InstanceRecord(
         name=raw.name,
         zone=zone,
         machine_type=_last_segment(raw.machine_type),
@@ -122,11 +123,11 @@ def _listed(
 
 async def list_zone(
     api: ComputeAPI, config: GCEConfig, set_id: str, zone: str, flt: str, wanted: InstanceTags
-) -> list[ListedInstance]:
+) -> list[InstanceRecord]:
     """Every instance of set ``set_id`` in ``zone`` matching the server-side
     filter ``flt`` and carrying every tag of ``wanted`` (checked on the
     metadata, the source of truth), following every ``nextPageToken``."""
-    found: list[ListedInstance] = []
+    found: list[InstanceRecord] = []
     token = ""
     while True:
         request = compute_v1.ListInstancesRequest(
@@ -137,7 +138,7 @@ async def list_zone(
 
         def one_page(
             c: Clients, request: compute_v1.ListInstancesRequest = request
-        ) -> tuple[list[ListedInstance], str]:
+        ) -> tuple[list[InstanceRecord], str]:
             pager = c.instances.list(request=request, retry=None, timeout=config.call_timeout)
             page = compute_v1.InstanceList.pb(next(iter(pager.pages)))
             listed = (_listed(config, set_id, zone, raw, wanted) for raw in page.items)
