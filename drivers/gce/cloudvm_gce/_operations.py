@@ -35,8 +35,9 @@ __all__ = [
 DONE = compute_v1.Operation.Status.DONE
 #: The first poll comes this soon after the call that started the operation;
 #: each later one waits ``POLL_GROWTH`` times longer, up to ``MAX_POLL_INTERVAL``.
-FIRST_POLL_INTERVAL = 0.05  # seconds
-POLL_GROWTH = 1.5
+# (No GCE operation is done much sooner; every poll costs a call's CPU.)
+FIRST_POLL_INTERVAL = 0.2  # seconds
+POLL_GROWTH = 1.6
 MAX_POLL_INTERVAL = 1.5  # seconds
 
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from cloudvm_gce import DRIVER
+from cloudvm_gce import DRIVER, _operations
 from gce_fake_api import FakeCompute
 from gce_helpers import gce_config
 
@@ -25,6 +25,13 @@ def _clean_environ() -> Iterator[None]:
         del os.environ[key]
     yield
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _quick_first_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local API's operations are done after a poll or a few, not after
+    GCE's seconds: the first poll comes sooner (the growth and the cap stay)."""
+    monkeypatch.setattr(_operations, "FIRST_POLL_INTERVAL", 0.02)
 
 
 @pytest.fixture
