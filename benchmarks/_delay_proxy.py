@@ -2,24 +2,50 @@
 round trips: with ``delay`` seconds each way, every round trip a protocol
 makes costs ``2 * delay`` of wall time, so the difference in wall time between
 two ways of doing the same thing, divided by ``2 * delay``, is how many more
-round trips one of them makes."""
+round trips one of them makes. It also counts them exactly: a client
+"flight" is data the client sends after the server last spoke (what a
+client sends before the server answers rides the same round trip)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["delay_proxy"]
+__all__ = ["DelayProxy", "delay_proxy"]
 
 _READ_SIZE = 65536
 
 
+class DelayProxy:
+    """Where the proxy listens, and the client flights it has seen."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.client_flights = 0
+
+
+class _Talk:
+    """Who of a proxied connection's two sides spoke last."""
+
+    def __init__(self, proxy: DelayProxy) -> None:
+        self._proxy = proxy
+        self._last = ""
+
+    def heard(self, side: str) -> None:
+        if side == "client" and self._last != "client":
+            self._proxy.client_flights += 1
+        self._last = side
+
+
 async def _forward(
-    source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, delay: float
+    source: anyio.abc.SocketStream,
+    sink: anyio.abc.SocketStream,
+    delay: float,
+    heard: Callable[[], None],
 ) -> None:
     # A reader stamps each chunk with when it is due; a writer sends it then.
     # Chunks keep their order, and a burst costs one delay, not one per chunk.
@@ -34,6 +60,7 @@ async def _forward(
                     data = await source.receive(_READ_SIZE)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                     return
+                heard()
                 await send.send((anyio.current_time() + delay, data))
 
     async def write() -> None:
@@ -53,24 +80,28 @@ async def _forward(
 
 
 @contextlib.asynccontextmanager
-async def delay_proxy(port: int, delay: float) -> AsyncIterator[int]:
+async def delay_proxy(port: int, delay: float) -> AsyncIterator[DelayProxy]:
     """Listen on a free loopback port, forwarding each connection to
     127.0.0.1:``port`` with ``delay`` seconds added each way; yields the
-    proxy's port. Every proxied connection is closed on exit."""
+    proxy (its port, its count of client flights). Every proxied connection
+    is closed on exit."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    proxy = DelayProxy()
+    proxy.port = listener.extra(anyio.abc.SocketAttribute.local_port)
 
     async def handle(client: anyio.abc.SocketStream) -> None:
+        talk = _Talk(proxy)
         async with (
             client,
             await anyio.connect_tcp("127.0.0.1", port) as server,
             anyio.create_task_group() as group,
         ):
-            group.start_soon(_forward, client, server, delay)
-            group.start_soon(_forward, server, client, delay)
+            group.start_soon(_forward, client, server, delay, lambda: talk.heard("client"))
+            group.start_soon(_forward, server, client, delay, lambda: talk.heard("server"))
 
     async with listener, anyio.create_task_group() as group:
         group.start_soon(listener.serve, handle)
         try:
-            yield listener.extra(anyio.abc.SocketAttribute.local_port)
+            yield proxy
         finally:
             group.cancel_scope.cancel()
