@@ -275,3 +275,39 @@ async def test_a_proof_cancelled_anywhere_leaves_no_channel(
 
         cancelled = await cancel_at_each_suspension(operation, by=by, after_each=after_each)
         assert cancelled >= 3
+
+
+def _hostile_get(path: str, answer: HTTPResponse) -> Handler:
+    """A well-behaved IMDSv2 service, except for its answer to GET ``path``."""
+    service = _imdsv2()
+
+    async def handler(request: HTTPRequest) -> HTTPResponse:
+        if request.method == "GET" and request.path == path:
+            return answer
+        return await service(request)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (HTTPResponse(200, bytes(70 * 1024)), "64 KiB"),
+        (HTTPResponse(200, b"x", headers={"content-encoding": "gzip"}), "Content-Encoding gzip"),
+        (
+            HTTPResponse(200, b"x", headers={f"x-pad-{n}": "a" * 1000 for n in range(40)}),
+            "headers exceed",
+        ),
+    ],
+    ids=["big-body", "gzip", "huge-headers"],
+)
+@pytest.mark.parametrize("path", ["/latest/meta-data/instance-id", IMDSV2_SECRET_PATH])
+async def test_a_pipelined_answer_beyond_the_caps_fails_the_proof(
+    client_key: asyncssh.SSHKey, path: str, answer: HTTPResponse, reason: str
+) -> None:
+    # Either of the two pipelined reads, the first (whose leftovers the
+    # second starts from) or the second, is held to every cap.
+    async with connected(client_key, _hostile_get(path, answer)) as (metadata, conn):
+        with pytest.raises(HostKeyError, match=reason):
+            await verify_with_imdsv2(conn, instance_id="i-1", secret=_SECRET)
+        await metadata.all_closed()
