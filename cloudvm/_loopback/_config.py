@@ -33,6 +33,11 @@ class LoopbackConfig(pydantic.BaseModel):
     ``python``: the interpreter that runs instance processes.
     ``destroy_timeout``: seconds ``destroy`` waits for an instance process to
     exit after SIGTERM before it sends SIGKILL.
+    ``fork_server``: fork instance processes from one server process per
+    state dir, which has imported everything once (an instance then starts
+    in milliseconds and shares most of its memory); it exits by itself once
+    the state dir holds no instance. False starts each instance as a new
+    interpreter.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
@@ -43,3 +48,4 @@ class LoopbackConfig(pydantic.BaseModel):
     remote_user: str = pydantic.Field(default_factory=getpass.getuser, min_length=1)
     python: str | None = None
     destroy_timeout: float = pydantic.Field(default=10.0, gt=0.0)
+    fork_server: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -24,10 +25,11 @@ import cloudvm
 from .._base import InstanceSetBase
 from .._critical import run_critical
 from .._drivers import driver_func
-from .._errors import QuotaError
+from .._errors import CloudError, QuotaError
 from .._metadata import verify_with_imdsv2
 from .._metrics import CallMetrics
 from .._protocols import Instance
+from .._text import printable
 from .._types import (
     ImageID,
     InitCommand,
@@ -45,7 +47,7 @@ from .._validate import (
     validate_init_command,
     validate_tags,
 )
-from . import _state
+from . import _forkserver, _state
 from ._config import LoopbackConfig
 
 if TYPE_CHECKING:
@@ -58,7 +60,9 @@ _SERVER_SCRIPT = Path(__file__).with_name("_server.py")
 # even when it runs from a source tree.
 _IMPORT_ROOT = str(Path(cloudvm.__file__).resolve().parent.parent)
 _POLL_INTERVAL = 0.02  # seconds between checks while waiting on a lock or a process
-_SPAWN_TIMEOUT = 60.0  # seconds for the launcher to fork the instance process and exit
+_SPAWN_TIMEOUT = 60.0  # seconds until the instance process is forked (fork server start included)
+_FORK_SERVER_RESTART = 5.0  # seconds without an answer before starting a fork server again
+_FORK_SERVER_EXIT_WAIT = 5.0  # seconds stop() waits for an idle fork server to exit
 
 
 class LoopbackInstance:
@@ -238,19 +242,54 @@ class LoopbackInstanceSet(InstanceSetBase):
             os.close(fd)
 
     async def _spawn(self, record: _state.InstanceRecord) -> None:
+        with anyio.fail_after(_SPAWN_TIMEOUT):
+            if not self._config.fork_server:
+                await self._launch(str(self._root / record.id))
+                return
+            started_at: float | None = None
+            while True:
+                try:
+                    await self._ask_fork_server(record.id)
+                    return
+                except _NoForkServer:
+                    # None runs (or it is exiting): start one, and again if
+                    # it has not answered for a while; it takes its lock, so
+                    # extra starts exit at once.
+                    now = anyio.current_time()
+                    if started_at is None or now - started_at > _FORK_SERVER_RESTART:
+                        started_at = now
+                        await self._launch("--fork-server", str(self._config.state_dir))
+                    await anyio.sleep(_POLL_INTERVAL)
+
+    async def _ask_fork_server(self, instance_id: str) -> None:
+        try:
+            stream = await anyio.connect_unix(self._config.state_dir / _forkserver.SOCKET)
+        except OSError as exc:
+            raise _NoForkServer from exc
+        async with stream:
+            try:
+                await stream.send(f"{instance_id}\n".encode())
+                answer = b""
+                while not answer.endswith(b"\n") and len(answer) < 256:
+                    answer += await stream.receive(256)
+            except (OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                raise _NoForkServer from exc  # it exited as we asked
+        if not answer.startswith(b"ok "):
+            raise CloudError(f"the loopback fork server refused {instance_id}: {printable(answer)}")
+
+    async def _launch(self, *args: str) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_IMPORT_ROOT, env.get("PYTHONPATH")]))
         python = self._config.python or sys.executable
-        # The launcher forks the instance process and exits at once.
-        with anyio.fail_after(_SPAWN_TIMEOUT):
-            await anyio.run_process(
-                [python, str(_SERVER_SCRIPT), str(self._root / record.id)],
-                env=env,
-                check=True,
-                stdin=None,
-                stdout=None,
-                stderr=None,
-            )
+        # The launcher forks the process and exits at once.
+        await anyio.run_process(
+            [python, str(_SERVER_SCRIPT), *args],
+            env=env,
+            check=True,
+            stdin=None,
+            stdout=None,
+            stderr=None,
+        )
 
     async def instances(self, tags: InstanceTags | None = None) -> list[Instance]:
         """Every instance of this set carrying all of ``tags``, booting ones
@@ -327,12 +366,33 @@ class LoopbackInstanceSet(InstanceSetBase):
 
     async def _stop(self) -> None:
         # Instances are cloud resources and keep running; the set holds no
-        # background tasks or clients of its own.
-        return None
+        # background tasks or clients of its own. When no instance is left in
+        # the state dir, the fork server is about to exit: wait for it, so
+        # that leaving ``async with`` leaves no process behind.
+        if self._config.fork_server:
+            with anyio.move_on_after(_FORK_SERVER_EXIT_WAIT):
+                lingers = functools.partial(_fork_server_lingers, self._config.state_dir)
+                while await anyio.to_thread.run_sync(lingers):  # noqa: ASYNC110 - another process
+                    await anyio.sleep(_POLL_INTERVAL)
 
 
 def _json(tags: Mapping[str, str]) -> str:
     return json.dumps(dict(tags), ensure_ascii=False)
+
+
+class _NoForkServer(Exception):
+    """No fork server answered (none runs yet, or it was exiting)."""
+
+
+def _fork_server_lingers(state_dir: Path) -> bool:
+    """True while a fork server runs for ``state_dir`` with no instance left."""
+    if any(_state.instance_dirs(state_dir)):
+        return False  # it serves other instances: it stays
+    fd = _state.try_lock(state_dir / _forkserver.LOCK)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
 
 
 def _remove_if_stopped(instance_dir: Path) -> int | None:

@@ -1,8 +1,10 @@
 """One loopback instance: a detached process running an asyncssh server.
 
 Started as ``python <path of this file> <instance dir>`` (by path, so that
-nothing heavy is imported before the fork). The launcher forks at once and
-exits, so the instance outlives whoever created it (it is a cloud resource),
+nothing heavy is imported before the fork), or as ``... --fork-server <state
+dir>`` to start the state dir's fork server (``_forkserver.py``), which then
+forks every instance from itself. The launcher forks at once and exits, so
+the process outlives whoever created it (an instance is a cloud resource),
 and its creator never has to reap it.
 
 Booting means: wait ``boot_delay``, run the init command once, generate a host
@@ -16,17 +18,16 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 
-def _daemonize(instance_dir: str) -> None:
+def _daemonize(log_path: str) -> None:
     # Fork before importing anything heavy, so the launcher exits quickly.
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
     try:
-        log = os.open(
-            os.path.join(instance_dir, "server.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     except FileNotFoundError:
         os._exit(1)  # destroyed before it could start: nothing to serve
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -38,9 +39,14 @@ def _daemonize(instance_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--fork-server":
+        _daemonize(os.path.join(sys.argv[2], "forkserver.log"))
+        from cloudvm._loopback._forkserver import serve
+
+        sys.exit(serve(Path(sys.argv[2])))
     if len(sys.argv) != 2:
-        sys.exit("usage: python _server.py <instance dir>")
-    _daemonize(sys.argv[1])
+        sys.exit("usage: python _server.py <instance dir> | --fork-server <state dir>")
+    _daemonize(os.path.join(sys.argv[1], "server.log"))
     from cloudvm._loopback._instance_process import main
 
     sys.exit(main(sys.argv[1]))
