@@ -10,6 +10,10 @@ included; :func:`printable` for text an untrusted host or account chose.
 """
 
 from ._base import InstanceSetBase as InstanceSetBase
+from ._channel_http import ChannelAnswer as ChannelAnswer
+from ._channel_http import ChannelHTTP as ChannelHTTP
+from ._channel_http import ChannelHTTPError as ChannelHTTPError
+from ._channel_http import ChannelHTTPTimeout as ChannelHTTPTimeout
 from ._critical import run_critical as run_critical
 from ._delegating import DelegatingInstance as DelegatingInstance
 from ._drivers import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
@@ -51,6 +55,10 @@ __all__ = [
     "SECRET_TAG",
     "SET_ID_TAG",
     "CallMetrics",
+    "ChannelAnswer",
+    "ChannelHTTP",
+    "ChannelHTTPError",
+    "ChannelHTTPTimeout",
     "DelegatingInstance",
     "InstanceBase",
     "InstanceSetBase",
