@@ -12,18 +12,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import prometheus_client
 
-__all__ = ["CallMetrics"]
+__all__ = ["CallMetrics", "import_prometheus"]
 
 # One set of collectors per registry: a registry refuses a second collector of
 # the same name, and several InstanceSets may share one registry.
 _collectors: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def _collectors_for(registry: prometheus_client.CollectorRegistry) -> tuple[Any, Any]:
-    try:
-        return _collectors[registry]
-    except KeyError:
-        pass
+def import_prometheus() -> Any:
+    """The prometheus_client module, for code that was given a registry; a
+    RuntimeError saying what to install when it is missing."""
     try:
         import prometheus_client
     except ImportError:  # pragma: no cover - depends on the environment
@@ -31,6 +29,15 @@ def _collectors_for(registry: prometheus_client.CollectorRegistry) -> tuple[Any,
             "a metrics registry was given but prometheus_client is not installed. "
             "Install it with: pip install 'aiocloudvm[metrics]'"
         ) from None
+    return prometheus_client
+
+
+def _collectors_for(registry: prometheus_client.CollectorRegistry) -> tuple[Any, Any]:
+    try:
+        return _collectors[registry]
+    except KeyError:
+        pass
+    prometheus_client = import_prometheus()
     calls = prometheus_client.Counter(
         "cloudvm_api_calls",
         "Cloud API calls made by cloudvm drivers, by outcome.",

@@ -70,6 +70,7 @@ import asyncssh
 from ._base import InstanceSetBase
 from ._delegating import DelegatingInstance
 from ._errors import CapacityError, CloudError, QuotaError, RateLimitError
+from ._metrics import import_prometheus
 from ._protocols import Instance, InstanceSet
 from ._types import (
     ImageID,
@@ -216,13 +217,7 @@ def _decision_counter(registry: prometheus_client.CollectorRegistry) -> Any:
         return _counters[registry]
     except KeyError:
         pass
-    try:
-        import prometheus_client
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            "a metrics registry was given but prometheus_client is not installed. "
-            "Install it with: pip install 'aiocloudvm[metrics]'"
-        ) from None
+    prometheus_client = import_prometheus()
     counter = prometheus_client.Counter(
         "cloudvm_resilient_decisions",
         "Decisions taken by cloudvm.resilient, by call kind and decision.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from .._metrics import import_prometheus
 from ._config import WorkerState
 
 if TYPE_CHECKING:
@@ -26,13 +27,7 @@ def _collectors_for(registry: prometheus_client.CollectorRegistry) -> dict[str, 
         return _collectors[registry]
     except KeyError:
         pass
-    try:
-        import prometheus_client
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            "a metrics registry was given but prometheus_client is not installed. "
-            "Install it with: pip install 'aiocloudvm[metrics]'"
-        ) from None
+    prometheus_client = import_prometheus()
     made = {
         "workers": prometheus_client.Gauge(
             "cloudvm_pool_workers",
