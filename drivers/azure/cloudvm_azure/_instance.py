@@ -23,29 +23,32 @@ __all__ = ["AzureInstance"]
 class AzureInstance(InstanceBase):
     """One Azure VM as of the listing or create that produced it.
 
-    It keeps only what its methods need from the VM's body: its name, size,
-    tags, creation time and the names of its NICs and disks.
+    It keeps only what its methods need from the VM's body (its ``name``,
+    ``tags`` and ``properties``): its size, creation time and the names of
+    its NICs and disks.
     """
 
     def __init__(
         self,
         instance_set: AzureInstanceSet,
-        vm: Mapping[str, Any],
+        *,
+        name: str,
+        tags: Mapping[str, str],
+        properties: Mapping[str, Any],
         address: str,
         remote_user: str,
     ) -> None:
-        properties = vm.get("properties") or {}
         super().__init__(
-            id=str(vm["name"]),
+            id=name,
             provider_type=str(field(properties, "hardwareProfile", "vmSize") or ""),
-            all_tags=vm.get("tags") or {},
+            all_tags=tags,
             address=address,
             remote_user=remote_user,
         )
         self._set = instance_set
         self._time_created: object = properties.get("timeCreated")
-        self._nic_names = nic_names(vm)
-        self._disk_names = disk_names(vm)
+        self._nic_names = nic_names(properties)
+        self._disk_names = disk_names(properties)
 
     async def set_tags(self, tags: InstanceTags) -> None:
         """Replace the VM's tags with ``tags``, keeping the set's own tags

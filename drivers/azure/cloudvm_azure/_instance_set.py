@@ -198,7 +198,14 @@ class AzureInstanceSet(InstanceSetBase):
             vm_name,
             extra={"instance_id": vm_name, "instance_set_id": self._id},
         )
-        return AzureInstance(self, vm, nic_address(nic), config.admin_username)
+        return AzureInstance(
+            self,
+            name=str(vm["name"]),
+            tags=vm.get("tags") or {},
+            properties=vm.get("properties") or {},
+            address=nic_address(nic),
+            remote_user=config.admin_username,
+        )
 
     async def _create_nic(self, name: str, body: dict[str, Any]) -> Mapping[str, Any]:
         """Create the NIC and wait until it exists (a critical section: at
@@ -272,7 +279,7 @@ class AzureInstanceSet(InstanceSetBase):
         to them), so that a disk left behind is known to be ours."""
         created = (vm.get("tags") or {}).get(CREATED_AT_TAG) or datetime.now(UTC).isoformat()
         tags = {**self._shared_tags, SET_ID_TAG: self._id, CREATED_AT_TAG: str(created)}
-        for name in disk_names(vm):
+        for name in disk_names(vm.get("properties") or {}):
             try:
                 with self._arm.calling("create", f"tagging disk {name}"):
                     poller = await self._arm.compute.disks.begin_update(
@@ -303,20 +310,31 @@ class AzureInstanceSet(InstanceSetBase):
         wanted = {SET_ID_TAG: self._id, **validate_tags(tags or {})}
         with self._metrics.observe("instances"):
             vms, nics = await self._arm.list_vms_and_nics()
-        mine = []
+        # Each top-level field of an SDK model is read once: reading one
+        # costs more than a plain dict's.
+        mine: list[tuple[str, Mapping[str, str], Mapping[str, Any], str]] = []
         for vm in vms:
             vm_tags = vm.get("tags") or {}
             if all(vm_tags.get(k) == v for k, v in wanted.items()):
-                mine.append(vm)
+                properties = vm.get("properties") or {}
+                mine.append((str(vm["name"]), vm_tags, properties, primary_nic_id(properties)))
         # Only the NICs of the VMs listed are read.
-        addresses = dict.fromkeys(primary_nic_id(vm) for vm in mine)
+        addresses = dict.fromkeys(nic_id for *_, nic_id in mine)
         for nic in nics:
             nic_id = str(nic.get("id", "")).lower()
             if nic_id in addresses:
                 addresses[nic_id] = nic_address(nic)
         user = self._config.admin_username
         return [
-            AzureInstance(self, vm, addresses.get(primary_nic_id(vm)) or "", user) for vm in mine
+            AzureInstance(
+                self,
+                name=name,
+                tags=vm_tags,
+                properties=properties,
+                address=addresses.get(nic_id) or "",
+                remote_user=user,
+            )
+            for name, vm_tags, properties, nic_id in mine
         ]
 
     def instance_quota_group(self, itype: InstanceType) -> InstanceQuotaGroup:

@@ -1,7 +1,9 @@
 """ARM's wire format: the bodies the set sends, and what it reads from VMs and NICs.
 
 Readers take any mapping over the wire format (the SDK's models are such
-mappings) and return None or empty values where a field is missing.
+mappings, but slow ones: read each of their top-level fields once, then pass
+the plain dicts below) and return None or empty values where a field is
+missing.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def field(data: Any, *path: str) -> Any:
     """``data[path[0]][path[1]]...``, or None where a level is missing or
     not a mapping."""
     for key in path:
-        if not isinstance(data, Mapping):
+        # dict first: nested wire values are plain dicts, and an ABC check
+        # per level is most of what a listing adds to the SDK's own work.
+        if not isinstance(data, dict) and not isinstance(data, Mapping):
             return None
         data = data.get(key)
     return data
@@ -159,30 +163,31 @@ def nic_address(nic: Mapping[str, Any]) -> str:
     return ""
 
 
-def _nic_refs(vm: Mapping[str, Any]) -> list[Any]:
-    return field(vm, "properties", "networkProfile", "networkInterfaces") or []
+def _nic_refs(properties: Mapping[str, Any]) -> list[Any]:
+    return field(properties, "networkProfile", "networkInterfaces") or []
 
 
-def nic_names(vm: Mapping[str, Any]) -> tuple[str, ...]:
-    """The names of the VM's NICs (the last part of their ids)."""
+def nic_names(properties: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names of the NICs of the VM with these ``properties`` (the last
+    part of their ids)."""
     return tuple(
         str(ref["id"]).rsplit("/", 1)[-1]
-        for ref in _nic_refs(vm)
+        for ref in _nic_refs(properties)
         if isinstance(ref, Mapping) and ref.get("id")
     )
 
 
-def primary_nic_id(vm: Mapping[str, Any]) -> str:
-    """The id of the VM's primary NIC, lower-cased (ARM ids compare without
-    case); "" when it has none."""
-    for ref in _nic_refs(vm):
+def primary_nic_id(properties: Mapping[str, Any]) -> str:
+    """The id of the primary NIC of the VM with these ``properties``,
+    lower-cased (ARM ids compare without case); "" when it has none."""
+    for ref in _nic_refs(properties):
         if field(ref, "properties", "primary") is not False and ref.get("id"):
             return str(ref["id"]).lower()
     return ""
 
 
-def disk_names(vm: Mapping[str, Any]) -> tuple[str, ...]:
-    """The names of the VM's OS and data disks."""
-    storage = field(vm, "properties", "storageProfile") or {}
+def disk_names(properties: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names of the OS and data disks of the VM with these ``properties``."""
+    storage = field(properties, "storageProfile") or {}
     disks = [storage.get("osDisk") or {}, *(storage.get("dataDisks") or [])]
     return tuple(str(d["name"]) for d in disks if isinstance(d, Mapping) and d.get("name"))
