@@ -3,9 +3,8 @@ the driver takes from each listed instance."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from google.cloud import compute_v1
 
@@ -26,8 +25,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class InstanceRecord:
+class InstanceRecord(NamedTuple):
     """What the driver keeps of one instance of the set, as a listing or
     create saw it."""
 
@@ -93,21 +91,31 @@ async def get_instance(
 
 
 def _listed(
-    config: GCEConfig, set_id: str, zone: str, raw: Any, wanted: InstanceTags
+    config: GCEConfig,
+    set_id: str,
+    zone: str,
+    raw: Any,
+    wanted: InstanceTags,
+    decoded: dict[str | None, InstanceTags | None],
 ) -> InstanceRecord | None:
     """What the driver keeps of ``raw`` (a listed ``Instance``'s protobuf
     message), or None when it is not one of set ``set_id``'s instances
     carrying ``wanted``. It reads the protobuf message itself, each field
     once: proto-plus wraps every field on every access, and a listing of
     thousands of instances would spend more on those wrappers than on the
-    SDK's own parsing."""
+    SDK's own parsing. ``decoded`` caches the tags of each tags item seen
+    (a fleet's instances mostly share theirs)."""
     items: dict[str, str] = {}
     for item in raw.metadata.items:
         if item.key in _LISTED_ITEMS:
             items[item.key] = item.value
     if items.get(SET_ID_TAG) != set_id:
         return None
-    itags = decode_tags(items.get(TAGS_ITEM))
+    text = items.get(TAGS_ITEM)
+    if text in decoded:
+        itags = decoded[text]
+    else:
+        itags = decoded[text] = decode_tags(text)
     if itags is None or any(itags.get(k) != v for k, v in wanted.items()):
         return None
     return InstanceRecord(
@@ -141,7 +149,8 @@ async def list_zone(
         ) -> tuple[list[InstanceRecord], str]:
             pager = c.instances.list(request=request, retry=None, timeout=config.call_timeout)
             page = compute_v1.InstanceList.pb(next(iter(pager.pages)))
-            listed = (_listed(config, set_id, zone, raw, wanted) for raw in page.items)
+            decoded: dict[str | None, InstanceTags | None] = {}
+            listed = (_listed(config, set_id, zone, raw, wanted, decoded) for raw in page.items)
             return [i for i in listed if i is not None], page.next_page_token
 
         listed, token = await api.call("instances.list", one_page)
