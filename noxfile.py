@@ -244,12 +244,9 @@ def bench(session: nox.Session) -> None:
     """Benchmarks side by side (benchmarks/run.py): command latency, SSH fan-out,
     cloud-call overhead, throughput under throttling, memory. Arguments after
     ``--`` go to run.py (``nox -s bench -- --quick`` for a smoke run)."""
-    ec2 = ROOT / "drivers" / "ec2"
-    editables = ["-e", "."]
-    if (ec2 / "pyproject.toml").exists():
-        # One install run, so that the driver's "aiocloudvm" requirement resolves to this tree.
-        editables += ["-e", str(ec2.relative_to(ROOT)), "moto[server]>=5.0"]
-    session.install(*editables)
+    # Every driver with its test extras: the listing cases run each driver
+    # against the local API its tests use (moto, the GCE and ARM fakes).
+    _install_everything(session)
     for package in _BENCH_OPTIONAL:
         try:
             session.install(package)
