@@ -61,8 +61,8 @@ _SERVER_SCRIPT = Path(__file__).with_name("_server.py")
 _IMPORT_ROOT = str(Path(cloudvm.__file__).resolve().parent.parent)
 _POLL_INTERVAL = 0.02  # seconds between checks while waiting on a lock or a process
 _SPAWN_TIMEOUT = 60.0  # seconds until the instance process is forked (fork server start included)
-_FORK_SERVER_RESTART = 5.0  # seconds without an answer before starting a fork server again
-_FORK_SERVER_EXIT_WAIT = 5.0  # seconds stop() waits for an idle fork server to exit
+_RELAUNCH_AFTER = 1.0  # seconds between starts of a fork server that never took its lock
+_FORK_SERVER_EXIT_WAIT = 20.0  # seconds stop() waits for an idle fork server to exit
 
 
 class LoopbackInstance:
@@ -246,19 +246,21 @@ class LoopbackInstanceSet(InstanceSetBase):
             if not self._config.fork_server:
                 await self._launch(str(self._root / record.id))
                 return
+            state_dir = self._config.state_dir
             started_at: float | None = None
             while True:
                 try:
                     await self._ask_fork_server(record.id)
                     return
                 except _NoForkServer:
-                    # None runs (or it is exiting): start one, and again if
-                    # it has not answered for a while; it takes its lock, so
-                    # extra starts exit at once.
+                    # While a server holds its lock it is starting (or
+                    # exiting): wait for it. Else start one; a start that
+                    # loses the race for the lock exits at once.
                     now = anyio.current_time()
-                    if started_at is None or now - started_at > _FORK_SERVER_RESTART:
+                    held = await anyio.to_thread.run_sync(_fork_server_lock_held, state_dir)
+                    if not held and (started_at is None or now - started_at > _RELAUNCH_AFTER):
                         started_at = now
-                        await self._launch("--fork-server", str(self._config.state_dir))
+                        await self._launch("--fork-server", str(state_dir))
                     await anyio.sleep(_POLL_INTERVAL)
 
     async def _ask_fork_server(self, instance_id: str) -> None:
@@ -384,15 +386,20 @@ class _NoForkServer(Exception):
     """No fork server answered (none runs yet, or it was exiting)."""
 
 
+def _fork_server_lock_held(state_dir: Path) -> bool:
+    """True while a fork server for ``state_dir`` starts, runs or exits."""
+    fd = _state.try_lock(state_dir / _forkserver.LOCK)
+    if fd is None:
+        return (state_dir / _forkserver.LOCK).exists()
+    os.close(fd)
+    return False
+
+
 def _fork_server_lingers(state_dir: Path) -> bool:
     """True while a fork server runs for ``state_dir`` with no instance left."""
     if any(_state.instance_dirs(state_dir)):
         return False  # it serves other instances: it stays
-    fd = _state.try_lock(state_dir / _forkserver.LOCK)
-    if fd is None:
-        return True
-    os.close(fd)
-    return False
+    return _fork_server_lock_held(state_dir)
 
 
 def _remove_if_stopped(instance_dir: Path) -> int | None:

@@ -14,7 +14,8 @@ holds ``state_dir/forkserver.lock`` for its whole life, so at most one runs
 per state dir, and exits by itself once the state dir holds no instance for
 :data:`IDLE_EXIT` seconds (instances are cloud resources: they outlive it).
 
-Started as ``python _server.py --fork-server <state dir>``; see ``_server.py``.
+Started as ``python _server.py --fork-server <state dir>``; see ``_server.py``,
+which takes the lock first and exits at once when another server holds it.
 """
 
 from __future__ import annotations
@@ -41,15 +42,13 @@ IDLE_EXIT = 0.5
 _POLL = 0.1  # seconds between checks for instances while idle
 _REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request
 _MAX_REQUEST = 256  # bytes: an instance id and a newline
-_LOCK_WAIT = 10.0  # seconds to wait for a server that is exiting to release the lock
 
 
-def serve(state_dir: Path) -> int:
+def serve(state_dir: Path, lock: int) -> int:
     """Run the fork server for ``state_dir`` until it is idle; returns the
-    exit status (0 also when another server already runs)."""
-    lock = _take_lock(state_dir)
-    if lock is None:
-        return 0  # another server answers for this state dir
+    exit status. ``lock`` is the descriptor holding ``LOCK``, taken by the
+    caller before anything heavy was imported (so a server still starting
+    up is seen as running); it is released as the process ends."""
     path = state_dir / SOCKET
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # left by a server that died
@@ -90,26 +89,6 @@ def serve(state_dir: Path) -> int:
         listener.close()
         # The lock stays held until the kernel closes it as the process ends:
         # whoever waits for it (the set's stop) knows the server is gone.
-
-
-def _take_lock(state_dir: Path) -> int | None:
-    deadline = time.monotonic() + _LOCK_WAIT
-    while True:
-        fd = _state.try_lock(state_dir / LOCK)
-        if fd is not None:
-            return fd
-        if _server_answers(state_dir / SOCKET) or time.monotonic() > deadline:
-            return None
-        time.sleep(_POLL / 2)  # a server that is exiting releases it soon
-
-
-def _server_answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def _answer(conn: socket.socket, state_dir: Path, listener: socket.socket, lock: int) -> None:
@@ -163,7 +142,3 @@ def _become_instance(instance_dir: Path) -> int:
     os.dup2(log, 2)
     os.close(log)
     return _instance_process.main(str(instance_dir))
-
-
-if __name__ == "__main__":  # pragma: no cover - started through _server.py
-    sys.exit(serve(Path(sys.argv[1])))

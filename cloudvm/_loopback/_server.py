@@ -16,6 +16,7 @@ direct-tcpip channel to 169.254.169.254:80 on its own SSH connections.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -41,9 +42,16 @@ def _daemonize(log_path: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--fork-server":
         _daemonize(os.path.join(sys.argv[2], "forkserver.log"))
+        # The lock first, before the heavy imports: while it is held, clients
+        # know a server is starting or running and start no other.
+        lock = os.open(os.path.join(sys.argv[2], "forkserver.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os._exit(0)  # another server starts or runs for this state dir
         from cloudvm._loopback._forkserver import serve
 
-        sys.exit(serve(Path(sys.argv[2])))
+        sys.exit(serve(Path(sys.argv[2]), lock))
     if len(sys.argv) != 2:
         sys.exit("usage: python _server.py <instance dir> | --fork-server <state dir>")
     _daemonize(os.path.join(sys.argv[1], "server.log"))
