@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncssh
 
-__all__ = ["ShellRunner"]
+__all__ = ["ShellRunner", "run_script"]
 
 _READ_SIZE = 65536
 
@@ -71,6 +71,27 @@ class ShellRunner:
         """Kill every running command (when the server stops)."""
         for proc in list(self.running):
             kill_group(proc)
+
+
+async def run_script(script: str, cwd: Path, *, keep: int = 500) -> tuple[int, bytes]:
+    """Run ``script`` with ``/bin/sh -c`` in ``cwd``, in a process group of
+    its own, with no input; return its exit status (negative: killed by that
+    signal) and the last ``keep`` bytes of its output (stdout, then stderr).
+
+    Cancelled (by any means), it kills the whole group and closes the pipes
+    before the cancellation goes on, so no command and no pipe outlives it
+    (a plain subprocess would leave a grandchild such as ``sleep`` holding
+    its pipe open, unclosed until the loop is gone).
+    """
+    transport, proc = await _spawn(script, cwd=cwd, env=os.environ)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        stdout, stderr = await proc.communicate()
+        return proc.returncode if proc.returncode is not None else -1, (stdout + stderr)[-keep:]
+    finally:
+        kill_group(proc)
+        transport.close()
 
 
 async def _spawn(

@@ -27,6 +27,7 @@ from .._errors import CapacityError, CloudError, ConfigError, QuotaError, RateLi
 from .._imds import IMDSv2Service
 from .._metrics import CallMetrics
 from .._protocols import Driver
+from .._shell import run_script
 from .._types import (
     InitCommand,
     InstanceQuotaGroup,
@@ -687,9 +688,7 @@ class FakeCloud:
         await server.start()
         try:
             if init_command:
-                await anyio.run_process(
-                    ["/bin/sh", "-c", init_command], cwd=server.workdir, check=False
-                )
+                await run_script(init_command, server.workdir)
         except BaseException:
             await server.stop()
             raise

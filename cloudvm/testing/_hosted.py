@@ -14,7 +14,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
-import anyio
 import asyncssh
 
 from .._base import InstanceSetBase
@@ -23,6 +22,8 @@ from .._delegating import DelegatingInstance
 from .._drivers import load_driver
 from .._http_server import HTTPHandler
 from .._protocols import Driver, Instance, InstanceSet
+from .._shell import run_script
+from .._text import printable
 from .._types import (
     ImageID,
     InitCommand,
@@ -160,16 +161,14 @@ class HostedDriver:
         script = spec.init_script
         text = script.decode() if isinstance(script, bytes) else script
         if text.strip():
-            result = await anyio.run_process(
-                ["/bin/sh", "-c", text], cwd=server.workdir, check=False
-            )
-            if result.returncode != 0:
+            status, output = await run_script(text, server.workdir)
+            if status != 0:
                 # A real instance boots anyway; say why the marker is missing.
                 _LOG.warning(
                     "the init script of %s exited %d: %s",
                     instance.id,
-                    result.returncode,
-                    result.stderr.decode(errors="replace")[-500:],
+                    status,
+                    printable(output),
                     extra={"instance_id": instance.id},
                 )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import asyncssh
 import pytest
@@ -18,6 +20,7 @@ from cloudvm.testing import (
     IMDSv2Service,
 )
 
+from ..support import processes_mentioning
 from .conftest import IMAGE, LOG, SET_ID, SMALL, fake_boot
 
 
@@ -169,13 +172,27 @@ async def test_a_failing_init_script_still_boots_the_host(
         assert await executor.execute("echo up") == (b"up\n", b"")
 
 
+def open_pipes() -> int:
+    """How many pipes this process holds open."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _link(fd).startswith("pipe:"))
+
+
+def _link(path: Path) -> str:
+    try:
+        return str(path.readlink())
+    except OSError:
+        return ""
+
+
 async def test_a_create_cancelled_while_booting_leaves_its_host_owned(
     cloud: FakeCloud, client_key: asyncssh.SSHKey
 ) -> None:
     async def slow(instance: Instance) -> HostBoot:
         booted = await fake_boot(cloud, instance)
-        return HostBoot(init_script="sleep 60", metadata=booted.metadata)
+        return HostBoot(init_script="sleep 61.25", metadata=booted.metadata)
 
+    pipes_before = open_pipes()
     async with HostedDriver(cloud.driver, slow) as hosted:
         instance_set = await hosted.instance_set({}, SET_ID, {}, LOG)
         with anyio.move_on_after(20) as scope:
@@ -185,6 +202,10 @@ async def test_a_create_cancelled_while_booting_leaves_its_host_owned(
                     await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()
         assert not scope.cancelled_caught
+        # the cancelled init script is gone with its whole group, and so are
+        # its pipes (a grandchild used to hold them open, unclosed)
+        assert processes_mentioning("sleep 61.25") == []
+        assert open_pipes() <= pipes_before
         (instance,) = await instance_set.instances()
         host = hosted.host(instance.id)
         assert host is not None and instance.address == host.address
