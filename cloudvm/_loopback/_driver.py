@@ -414,9 +414,14 @@ def _remove_if_stopped(instance_dir: Path) -> int | None:
         except (FileNotFoundError, ValueError):
             return 0
     # Delete while we hold the lock, so that a server starting now finds no
-    # record and exits.
+    # record and exits. The rename comes first: a server starting this very
+    # moment opens its files by the instance's path, which is then gone, so
+    # it cannot create one in the directory being deleted (which would leave
+    # the directory behind, half deleted and unlisted).
+    tomb = instance_dir.with_name(f".{instance_dir.name}.destroyed")
     try:
-        shutil.rmtree(instance_dir, ignore_errors=True)
+        os.rename(instance_dir, tomb)
+        shutil.rmtree(tomb, ignore_errors=True)
     finally:
         os.close(fd)
     return None

@@ -94,3 +94,13 @@ async def test_the_server_forks_only_instance_ids(state_dir: Path) -> None:
         for request in (b"../../etc\n", b"lb-../x\n"):
             assert await anyio.to_thread.run_sync(ask, request) == b"error not an instance id\n"
         await instance.destroy()
+
+
+async def test_instances_destroyed_while_they_start_leave_nothing(state_dir: Path) -> None:
+    # destroy() lands while each instance process is still starting up
+    async with await new_set(state_dir) as iset:
+        for _ in range(8):
+            await (await make(iset)).destroy()
+        assert await iset.instances() == []
+        left = await anyio.to_thread.run_sync(lambda: list((state_dir / "instances").iterdir()))
+        assert left == []
