@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import anyio
@@ -188,9 +189,12 @@ def _link(path: Path) -> str:
 async def test_a_create_cancelled_while_booting_leaves_its_host_owned(
     cloud: FakeCloud, client_key: asyncssh.SSHKey
 ) -> None:
+    # A long sleep no other test run on the machine sleeps.
+    sleep_for = f"{60 + secrets.randbelow(10**6) / 10**6:.6f}"
+
     async def slow(instance: Instance) -> HostBoot:
         booted = await fake_boot(cloud, instance)
-        return HostBoot(init_script="sleep 61.25", metadata=booted.metadata)
+        return HostBoot(init_script=f"sleep {sleep_for}", metadata=booted.metadata)
 
     pipes_before = open_pipes()
     async with HostedDriver(cloud.driver, slow) as hosted:
@@ -204,7 +208,7 @@ async def test_a_create_cancelled_while_booting_leaves_its_host_owned(
         assert not scope.cancelled_caught
         # the cancelled init script is gone with its whole group, and so are
         # its pipes (a grandchild used to hold them open, unclosed)
-        assert processes_mentioning("sleep 61.25") == []
+        assert processes_mentioning(f"sleep {sleep_for}") == []
         assert open_pipes() <= pipes_before
         (instance,) = await instance_set.instances()
         host = hosted.host(instance.id)
