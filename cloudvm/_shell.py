@@ -11,6 +11,8 @@ from pathlib import Path
 
 import asyncssh
 
+from ._critical import run_critical
+
 __all__ = ["ShellRunner", "run_script"]
 
 _READ_SIZE = 65536
@@ -83,15 +85,25 @@ async def run_script(script: str, cwd: Path, *, keep: int = 500) -> tuple[int, b
     (a plain subprocess would leave a grandchild such as ``sleep`` holding
     its pipe open, unclosed until the loop is gone).
     """
-    transport, proc = await _spawn(script, cwd=cwd, env=os.environ)
+    # The start is critical: cancelled half way, asyncio would kill the shell
+    # but not its group, and a grandchild would keep running.
+    transport, proc = await run_critical(
+        lambda: _spawn(script, cwd=cwd, env=os.environ), rollback=_end
+    )
     try:
         assert proc.stdin is not None
         proc.stdin.close()
         stdout, stderr = await proc.communicate()
         return proc.returncode if proc.returncode is not None else -1, (stdout + stderr)[-keep:]
     finally:
-        kill_group(proc)
-        transport.close()
+        await _end((transport, proc))
+
+
+async def _end(spawned: tuple[asyncio.SubprocessTransport, asyncio.subprocess.Process]) -> None:
+    """Kill a spawned command's whole group and close its pipes."""
+    transport, proc = spawned
+    kill_group(proc)
+    transport.close()
 
 
 async def _spawn(
