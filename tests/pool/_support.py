@@ -25,12 +25,11 @@ from cloudvm import (
     ImageID,
     InstanceSet,
     InstanceSetID,
-    InstanceType,
 )
 from cloudvm.pool import PoolConfig, WorkerPool, WorkerState
 from cloudvm.testing import FakeCloud
 
-from ..resilience._sim import SimClock, run_until, settle
+from ..resilience._sim import SimClock, _itype, run_until, settle  # same type shapes
 
 _T = TypeVar("_T")
 
@@ -54,19 +53,6 @@ __all__ = [
     "sim_cloud",
     "states",
 ]
-
-
-def _itype(name: str, provider_type: str, vcpus: int) -> InstanceType:
-    return InstanceType(
-        name=name,
-        provider_type=provider_type,
-        vcpus=vcpus,
-        ram=vcpus << 30,
-        scratch=0,
-        included_scratch=0,
-        added_scratch=0,
-        price=0.01 * vcpus,
-    )
 
 
 SMALL = _itype("small", "t3.small", 2)
