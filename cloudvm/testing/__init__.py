@@ -15,6 +15,11 @@ test can check that no cancellation leaves anything behind.
 :func:`capture_every_log` collects every log record of the process at DEBUG,
 for tests that check no secret is ever logged.
 
+:func:`load_sample_config` and :func:`undocumented_keys` check a driver's
+sample config file (valid, every key documented); :func:`run_example` runs an
+example program (imported by :func:`import_program`) on a HostedDriver's
+hosts with such a config pointed at a local stand-in for the cloud.
+
 :class:`FakeCloud` is an in-memory, fault-injecting cloud (rate limits, quotas,
 capacity shortages, lost responses, eventual consistency, failure rates,
 latency, optional SSH), reached through the ``fake`` driver
@@ -54,6 +59,10 @@ from ._hosted import HostedDriver as HostedDriver
 from ._hosted import HostedInstance as HostedInstance
 from ._logs import LogCapture as LogCapture
 from ._logs import capture_every_log as capture_every_log
+from ._samples import import_program as import_program
+from ._samples import load_sample_config as load_sample_config
+from ._samples import run_example as run_example
+from ._samples import undocumented_keys as undocumented_keys
 from ._ssh_server import SSHTestServer as SSHTestServer
 from ._targets import RedirectedTarget as RedirectedTarget
 
@@ -90,6 +99,10 @@ __all__ = [
     "cancel_at_each_suspension",
     "capture_every_log",
     "close_named_clouds",
+    "import_program",
+    "load_sample_config",
+    "run_example",
+    "undocumented_keys",
 ]
 
 for _name in __all__:

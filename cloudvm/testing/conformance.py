@@ -59,12 +59,19 @@ or from pytest (with pytest-asyncio), one test per step::
                 boot_timeout=60, poll_interval=0.2,
             )
 
+Against a local stand-in for the cloud, :func:`local_test_config` gives
+seconds-scale timeouts, a fresh key, shared tags and an extra command, so
+that a broken driver fails fast and no step is skipped::
+
+    local_test_config("mydriver", ImageID("img"), SMALL, config={...})
+
 :class:`ConformanceSuite` needs pytest; importing this module does not.
 """
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
+from ._conformance_local import local_test_config as local_test_config
 from ._conformance_report import STEP_BAD_INPUTS as STEP_BAD_INPUTS
 from ._conformance_report import STEP_BOOT as STEP_BOOT
 from ._conformance_report import STEP_CANCELLATION as STEP_CANCELLATION
@@ -120,6 +127,7 @@ __all__ = [
     "ProgressCallback",
     "StepResult",
     "StepStatus",
+    "local_test_config",
     "run_conformance",
 ]
 

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import asyncssh
 import cloudvm_azure
 from azure_fake_arm import VM, FakeARM
 from azure_imds import AzureIMDS
@@ -21,7 +20,7 @@ from test_azure_lifecycle import IMAGE, SMALL, assert_nothing_left
 import cloudvm
 from cloudvm import Instance
 from cloudvm.testing import HostBoot, HostedDriver
-from cloudvm.testing.conformance import ConformanceConfig, run_conformance
+from cloudvm.testing.conformance import local_test_config, run_conformance
 
 if TYPE_CHECKING:
     import prometheus_client
@@ -57,20 +56,7 @@ def azure_hosted(arm: FakeARM, credential: FakeCredential) -> HostedDriver:
 async def test_conformance_kit_passes(arm: FakeARM, credential: FakeCredential) -> None:
     async with azure_hosted(arm, credential) as driver:
         report = await run_conformance(
-            ConformanceConfig(
-                driver=driver,
-                config=make_config(arm),
-                image_id=IMAGE,
-                instance_type=SMALL,
-                ssh_key=asyncssh.generate_private_key("ssh-ed25519"),
-                shared_tags={"cluster": "conformance"},
-                extra_command="uname -s",
-                boot_timeout=20,
-                destroy_timeout=20,
-                settle_timeout=10,
-                poll_interval=0.05,
-                ssh_connect_timeout=10,
-            )
+            local_test_config(driver, IMAGE, SMALL, config=make_config(arm))
         )
     assert report.ok, str(report)
     # It really was ARM underneath, and nothing is left there.

@@ -6,14 +6,13 @@ metadata protocol, serving the instance's metadata as the API holds it."""
 
 from __future__ import annotations
 
-import asyncssh
 from cloudvm_gce import DRIVER
 from gce_fake_api import FakeCompute, GCEMetadataService
 from gce_helpers import IMAGE, ITYPE, gce_config
 
 from cloudvm import Instance
 from cloudvm.testing import HostBoot, HostedDriver
-from cloudvm.testing.conformance import ConformanceConfig, run_conformance
+from cloudvm.testing.conformance import local_test_config, run_conformance
 
 
 def gce_boot(fake: FakeCompute) -> HostedDriver:
@@ -28,22 +27,8 @@ def gce_boot(fake: FakeCompute) -> HostedDriver:
 
 async def test_conformance_kit_passes(fake_gce: FakeCompute) -> None:
     async with gce_boot(fake_gce) as driver:
-        report = await run_conformance(
-            ConformanceConfig(
-                driver=driver,
-                config=gce_config(fake_gce),
-                image_id=IMAGE,
-                instance_type=ITYPE,
-                ssh_key=asyncssh.generate_private_key("ssh-ed25519"),
-                shared_tags={"cluster": "conformance"},
-                extra_command="uname -s",
-                boot_timeout=20,
-                destroy_timeout=20,
-                settle_timeout=10,
-                poll_interval=0.05,
-                ssh_connect_timeout=10,
-            )
-        )
+        config = local_test_config(driver, IMAGE, ITYPE, config=gce_config(fake_gce))
+        report = await run_conformance(config)
     assert report.ok, str(report)
     # It really was the Compute API underneath, and nothing is left there.
     assert {"insert", "list", "setLabels", "delete"} <= {r.method for r in fake_gce.requests}
