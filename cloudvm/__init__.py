@@ -9,6 +9,7 @@ import contextlib
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from ._critical import run_critical as run_critical
 from ._drivers import available_drivers as available_drivers
 from ._drivers import driver_func as driver_func
 from ._drivers import load_driver as load_driver
@@ -93,6 +94,7 @@ __all__ = [
     "driver_func",
     "load_driver",
     "resilient",
+    "run_critical",
 ]
 
 # Reprs, tracebacks and docs should say cloudvm.QuotaError, not the private path.

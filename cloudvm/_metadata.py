@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import asyncssh
 import httpx
 
-from ._channel_http import ChannelAnswer, ChannelHTTP, ChannelHTTPError
+from ._channel_http import ChannelAnswer, ChannelHTTP, ChannelHTTPError, ChannelHTTPTimeout
 from ._errors import HostKeyError
 from ._validate import SECRET_TAG, check_secret
 
@@ -16,6 +16,7 @@ __all__ = [
     "IMDSV2_TOKEN_TTL",
     "imdsv2_get",
     "imdsv2_token",
+    "metadata_get",
     "verify_with_imdsv2",
 ]
 
@@ -93,6 +94,42 @@ async def verify_with_imdsv2(
     if presented_id.strip() != instance_id:
         raise HostKeyError(f"{who}: the host is another instance")
     check_secret(extract(presented) if extract else presented, secret)
+
+
+async def metadata_get(
+    conn: asyncssh.SSHClientConnection,
+    path: str,
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    host: str = "169.254.169.254",
+    timeout: float = 10.0,
+    who: str = "the host",
+    service: str = "the metadata service",
+) -> ChannelAnswer:
+    """GET ``path`` with ``headers`` from the metadata service at ``host``
+    (port 80) as the SSH server behind ``conn`` reaches it: the one question
+    a proof by metadata asks (GCE's and Azure's, for instance), in two round
+    trips (the channel's open, then the request).
+
+    ``timeout`` (seconds) bounds the whole exchange, the channel's open
+    included. The answer is read as :class:`ChannelHTTP` reads it: capped,
+    sent for with ``Accept-Encoding: identity`` and never decompressed.
+
+    Returns the answer when its status is 200. Raises HostKeyError naming
+    ``who`` and ``service`` when the service cannot be reached or read in
+    time, breaks HTTP or a cap, or answers any other status; the text the
+    host chose reaches the message only escaped.
+    """
+    try:
+        async with ChannelHTTP(conn, host=host, timeout=timeout) as http:
+            answer = await http.request("GET", path, headers)
+    except ChannelHTTPTimeout:
+        raise HostKeyError(f"{who}: {service} did not answer within {timeout:g} s") from None
+    except ChannelHTTPError as exc:
+        raise HostKeyError(f"{who}: cannot read {service}: {exc}") from None
+    if answer.status != 200:
+        raise HostKeyError(f"{who}: {service} answered HTTP {answer.status}")
+    return answer
 
 
 class _StatusError(Exception):

@@ -9,6 +9,9 @@ finish (or be rolled back) whatever cancellation arrives, asyncio's own
 included; :func:`printable` for text an untrusted host or account chose.
 """
 
+from ._arguments import CreateArguments as CreateArguments
+from ._arguments import check_create_arguments as check_create_arguments
+from ._arguments import check_set_arguments as check_set_arguments
 from ._base import InstanceSetBase as InstanceSetBase
 from ._channel_http import ChannelAnswer as ChannelAnswer
 from ._channel_http import ChannelHTTP as ChannelHTTP
@@ -24,6 +27,7 @@ from ._metadata import IMDSV2_SECRET_PATH as IMDSV2_SECRET_PATH
 from ._metadata import IMDSV2_TOKEN_TTL as IMDSV2_TOKEN_TTL
 from ._metadata import imdsv2_get as imdsv2_get
 from ._metadata import imdsv2_token as imdsv2_token
+from ._metadata import metadata_get as metadata_get
 from ._metadata import verify_with_imdsv2 as verify_with_imdsv2
 from ._metrics import CallMetrics as CallMetrics
 from ._public_names import publish_names as publish_names
@@ -59,15 +63,19 @@ __all__ = [
     "ChannelHTTP",
     "ChannelHTTPError",
     "ChannelHTTPTimeout",
+    "CreateArguments",
     "DelegatingInstance",
     "InstanceBase",
     "InstanceSetBase",
     "SSHTunnelTransport",
+    "check_create_arguments",
     "check_secret",
+    "check_set_arguments",
     "imdsv2_get",
     "imdsv2_token",
     "is_loopback_url",
     "metadata_client",
+    "metadata_get",
     "new_secret",
     "parse_config",
     "printable",

@@ -82,6 +82,11 @@ async def main() -> None:
             {"owner": "quickstart"},
             logging.getLogger("demo"),
         ) as instance_set:
+
+            async def destroy_everything() -> None:
+                for instance in await instance_set.instances():
+                    await instance.destroy()
+
             try:
                 created = [
                     await instance_set.create(
@@ -128,9 +133,9 @@ async def main() -> None:
                     ],
                 )
             finally:
-                with anyio.CancelScope(shield=True):
-                    for instance in await instance_set.instances():
-                        await instance.destroy()
+                # Runs to its end even when Ctrl-C (asyncio's Task.cancel) or
+                # a timeout cancels main meanwhile: nothing is left running.
+                await cloudvm.run_critical(destroy_everything)
             left = await instance_set.instances()
     print(
         f"\ndestroyed everything; {len(left)} instances left; "

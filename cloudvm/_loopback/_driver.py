@@ -22,6 +22,7 @@ import asyncssh
 
 import cloudvm
 
+from .._arguments import check_create_arguments, check_set_arguments
 from .._base import InstanceSetBase
 from .._critical import run_critical
 from .._drivers import driver_func
@@ -43,8 +44,6 @@ from .._types import (
 )
 from .._validate import (
     new_secret,
-    parse_config,
-    validate_init_command,
     validate_tags,
 )
 from . import _forkserver, _state
@@ -173,16 +172,7 @@ class LoopbackInstanceSet(InstanceSetBase):
         sees the SSH server listening. Raises QuotaError at ``max_instances``.
         """
         self._check_open()
-        if not isinstance(itype, InstanceType):
-            raise TypeError(f"itype must be an InstanceType, not {type(itype).__name__}")
-        if not isinstance(image_id, str):
-            raise TypeError(f"image_id must be a string, not {type(image_id).__name__}")
-        checked_tags = validate_tags(tags)
-        checked_init = validate_init_command(init_command)
-        if public_key is not None and not isinstance(public_key, asyncssh.SSHKey):
-            raise TypeError(
-                f"public_key must be an asyncssh.SSHKey or None, not {type(public_key).__name__}"
-            )
+        args = check_create_arguments(itype, image_id, tags, init_command, public_key)
         record = _state.InstanceRecord(
             id=_state.new_instance_id(),
             set_id=self._id,
@@ -192,14 +182,16 @@ class LoopbackInstanceSet(InstanceSetBase):
             price=itype.price,
             remote_user=self._config.remote_user,
             secret=new_secret(),
-            init_command=checked_init,
-            authorized_key=public_key.export_public_key("openssh").decode() if public_key else None,
+            init_command=args.init_command,
+            authorized_key=(
+                args.public_key.export_public_key("openssh").decode() if args.public_key else None
+            ),
             boot_delay=self._config.boot_delay,
         )
 
         async def record_and_spawn() -> None:
             async with self._create_lock:
-                await anyio.to_thread.run_sync(self._record_instance, record, checked_tags)
+                await anyio.to_thread.run_sync(self._record_instance, record, args.tags)
             await self._spawn(record)
 
         with self._metrics.observe("create"):
@@ -213,7 +205,7 @@ class LoopbackInstanceSet(InstanceSetBase):
             record.id,
             extra={"instance_id": record.id, "instance_set_id": self._id},
         )
-        return LoopbackInstance(self, record, checked_tags, "")
+        return LoopbackInstance(self, record, args.tags, "")
 
     def _record_instance(self, record: _state.InstanceRecord, tags: InstanceTags) -> None:
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -446,10 +438,7 @@ async def _new_instance_set(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     registry: prometheus_client.CollectorRegistry | None = None,
 ) -> LoopbackInstanceSet:
-    parsed = parse_config(LoopbackConfig, config, driver="loopback")
-    if not isinstance(id, str) or not id:
-        raise ValueError("the InstanceSetID must be a non-empty string")
-    validate_tags(tags, field="shared resource tags")
+    parsed, id, _ = check_set_arguments(LoopbackConfig, config, id, tags, driver="loopback")
     await anyio.to_thread.run_sync(_state.prepare_state_dir, parsed.state_dir)
     return LoopbackInstanceSet(parsed, id, logger, CallMetrics(registry, "loopback"))
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from .._arguments import check_create_arguments, check_set_arguments
 from .._base import InstanceSetBase
 from .._drivers import driver_func
 from .._metadata import verify_with_imdsv2
@@ -40,7 +41,7 @@ from .._types import (
     InstanceType,
     SharedResourceTags,
 )
-from .._validate import parse_config, validate_init_command, validate_tags
+from .._validate import validate_tags
 from ._fake_cloud import _VM, FakeCloud, named_cloud
 from ._fake_config import FakeConfig
 
@@ -197,29 +198,20 @@ class FakeInstanceSet(InstanceSetBase):
             LostResponseError: the instance WAS created; a listing shows it.
         """
         self._check_usable("create")
-        if not isinstance(itype, InstanceType):
-            raise TypeError(f"itype must be an InstanceType, not {type(itype).__name__}")
-        if not isinstance(image_id, str):
-            raise TypeError(f"image_id must be a string, not {type(image_id).__name__}")
-        checked_tags = validate_tags(tags)
-        checked_init = validate_init_command(init_command)
-        if public_key is not None and not isinstance(public_key, asyncssh.SSHKey):
-            raise TypeError(
-                f"public_key must be an asyncssh.SSHKey or None, not {type(public_key).__name__}"
-            )
-        args = {
+        args = check_create_arguments(itype, image_id, tags, init_command, public_key)
+        call_args = {
             "instance_type": itype.provider_type,
             "image_id": image_id,
-            "tags": dict(checked_tags),
+            "tags": dict(args.tags),
             "public_key": public_key is not None,
         }
         with self._metrics.observe("create"):
             vm = await self._cloud._operate(
                 "create",
                 self._id,
-                args,
+                call_args,
                 lambda call: self._cloud._create(
-                    call, self._id, itype, checked_tags, checked_init, public_key
+                    call, self._id, itype, args.tags, args.init_command, public_key
                 ),
             )
         self._logger.debug(
@@ -227,7 +219,7 @@ class FakeInstanceSet(InstanceSetBase):
             vm.id,
             extra={"instance_id": vm.id, "instance_set_id": self._id},
         )
-        return FakeInstance(self, vm, dict(checked_tags), vm.address_at(self._cloud.clock.now()))
+        return FakeInstance(self, vm, dict(args.tags), vm.address_at(self._cloud.clock.now()))
 
     async def instances(self, tags: InstanceTags | None = None) -> list[Instance]:
         """Every instance of this set whose listed tags include ``tags``.
@@ -292,10 +284,7 @@ async def _new_instance_set(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     registry: prometheus_client.CollectorRegistry | None = None,
 ) -> FakeInstanceSet:
-    parsed = parse_config(FakeConfig, config, driver="fake")
-    if not isinstance(id, str) or not id:
-        raise ValueError("the InstanceSetID must be a non-empty string")
-    validate_tags(tags, field="shared resource tags")
+    parsed, id, tags = check_set_arguments(FakeConfig, config, id, tags, driver="fake")
     return await named_cloud(parsed).instance_set(id, tags, logger, registry)
 
 

@@ -10,6 +10,8 @@ from typing import Protocol, runtime_checkable
 import anyio
 import anyio.lowlevel
 
+from ..pool._clock import SystemPoolClock
+
 __all__ = ["FakeClock", "ManualClock", "SystemClock"]
 
 
@@ -29,18 +31,11 @@ class FakeClock(Protocol):
     async def sleep(self, seconds: float) -> None: ...
 
 
-class SystemClock:
-    """Real time: the event loop's clock (``anyio.current_time``), the system's
-    UTC time and ``anyio.sleep``. The fake cloud's default."""
-
-    def now(self) -> float:
-        return anyio.current_time()
-
-    def wall(self) -> datetime:
-        return datetime.now(UTC)
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(max(seconds, 0.0))
+#: Real time: the event loop's clock (``anyio.current_time``), the system's
+#: UTC time and ``anyio.sleep``; the fake cloud's default. It is
+#: :class:`cloudvm.pool.SystemPoolClock` itself, so that a pool and a fake
+#: cloud on real time share one clock (and the pool's real-time waits).
+SystemClock = SystemPoolClock
 
 
 class ManualClock:

@@ -19,14 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 import asyncssh
 import h11
-import httpx
 import pytest
 
 import cloudvm
 from cloudvm._http_server import HTTPHandler, HTTPRequest, HTTPResponse, serve_http
 from cloudvm._ssh_server import InstanceSSHServer
 from cloudvm._text import has_control_chars
-from cloudvm.driverkit import check_secret, metadata_client, verify_with_imdsv2
+from cloudvm.driverkit import check_secret, metadata_client, metadata_get, verify_with_imdsv2
 
 Sender = Callable[[h11.Event], Awaitable[None]]
 #: How a host answers one request (its head already read): frames sent with h11.
@@ -220,18 +219,16 @@ class ImdsTarget:
 
 
 class PlainGetTarget(ImdsTarget):
-    """Proven as the GCE and Azure drivers do: one GET with metadata_client."""
+    """Proven as the GCE and Azure drivers do: one GET with metadata_get."""
 
     async def verify_host_key(
         self, key: asyncssh.SSHKey, conn: asyncssh.SSHClientConnection | None
     ) -> None:
         assert conn is not None
-        try:
-            async with metadata_client(conn, timeout=self._timeout) as client:
-                response = await client.get("/secret", headers={"Metadata-Flavor": "Google"})
-        except httpx.HTTPError as exc:
-            raise cloudvm.HostKeyError(f"cannot read the metadata server: {exc}") from exc
-        check_secret(response.content, _SECRET)
+        answer = await metadata_get(
+            conn, "/secret", [("Metadata-Flavor", "Google")], timeout=self._timeout, who="i-1"
+        )
+        check_secret(answer.body, _SECRET)
 
 
 TARGETS = [ImdsTarget, PlainGetTarget]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from azure.core.credentials_async import AsyncTokenCredential
 
 from cloudvm import InstanceSetID, SharedResourceTags, driver_func
-from cloudvm.driverkit import CallMetrics, parse_config
+from cloudvm.driverkit import CallMetrics, check_set_arguments
 
 from ._config import AzureConfig
 from ._instance_set import AzureInstanceSet
@@ -35,6 +35,11 @@ def _default_credential(config: AzureConfig) -> AsyncTokenCredential:
     return DefaultAzureCredential(**options)
 
 
+def _shared_tags(tags: object, *, field: str) -> dict[str, str]:
+    # Shared tags go on NICs, beside the set's own tags there.
+    return azure_tags(tags, room=MAX_TAGS - len(OWN_TAGS), field=field)
+
+
 async def open_instance_set(
     config: Mapping[str, Any] | str | bytes,
     id: InstanceSetID,
@@ -51,10 +56,9 @@ async def open_instance_set(
     The config is validated before any cloud call (ConfigError naming the
     field); the set starts its sweep task, which ``stop()`` ends.
     """
-    parsed = parse_config(AzureConfig, config, driver="azure")
-    if not isinstance(id, str) or not id:
-        raise ValueError("the InstanceSetID must be a non-empty string")
-    shared = azure_tags(tags, room=MAX_TAGS - len(OWN_TAGS), field="shared resource tags")
+    parsed, id, shared = check_set_arguments(
+        AzureConfig, config, id, tags, driver="azure", check_tags=_shared_tags
+    )
     owns = credential is None
     instance_set = AzureInstanceSet(
         parsed,

@@ -77,8 +77,8 @@ class AzureInstance(InstanceBase):
         the secret create stored, in constant time. The host is not proven
         yet: the exchange has one deadline (IMDS_TIMEOUT seconds, opening
         the channel included), the answer is bounded and never decompressed
-        (:func:`cloudvm.driverkit.metadata_client`), and text the host chose
-        reaches errors only escaped (:func:`cloudvm.driverkit.printable`).
+        (:func:`cloudvm.driverkit.metadata_get`), and text the host chose
+        reaches errors only escaped.
 
         Returns None when the secrets match. Raises HostKeyError when the VM
         carries no secret, or the host's answer is missing, late, malformed

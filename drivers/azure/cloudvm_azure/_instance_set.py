@@ -31,9 +31,9 @@ from cloudvm.driverkit import (
     SET_ID_TAG,
     CallMetrics,
     InstanceSetBase,
+    check_create_arguments,
     new_secret,
     run_critical,
-    validate_init_command,
     validate_tags,
 )
 
@@ -138,17 +138,9 @@ class AzureInstanceSet(InstanceSetBase):
         QuotaError, CapacityError or CloudError as Azure answers.
         """
         self._check_open()
-        if not isinstance(itype, InstanceType):
-            raise TypeError(f"itype must be an InstanceType, not {type(itype).__name__}")
-        if not isinstance(image_id, str):
-            raise TypeError(f"image_id must be a string, not {type(image_id).__name__}")
-        image = image_reference(image_id)
-        checked_tags = azure_tags(tags, room=MAX_TAGS - len(OWN_VM_TAGS))
-        checked_init = validate_init_command(init_command)
-        if public_key is not None and not isinstance(public_key, asyncssh.SSHKey):
-            raise TypeError(
-                f"public_key must be an asyncssh.SSHKey or None, not {type(public_key).__name__}"
-            )
+        args = check_create_arguments(itype, image_id, tags, init_command, public_key)
+        azure_tags(args.tags, room=MAX_TAGS - len(OWN_VM_TAGS))
+        image = image_reference(args.image_id)
         key = public_key or asyncssh.generate_private_key("ssh-ed25519")
         key_data = key.export_public_key("openssh").decode().strip()
         config = self._config
@@ -168,8 +160,9 @@ class AzureInstanceSet(InstanceSetBase):
                 lambda: self._create_nic(nic_name, nic_request),
                 rollback=lambda _: self._cleanup_failed(None, nic_name, "a cancelled create"),
             )
-        vm_request = vm_body(config, vm_name, str(nic["id"]), itype, image, checked_init, key_data)
-        vm_request["tags"] = {**checked_tags, **ours, SECRET_TAG: new_secret()}
+        nic_id = str(nic["id"])
+        vm_request = vm_body(config, vm_name, nic_id, itype, image, args.init_command, key_data)
+        vm_request["tags"] = {**args.tags, **ours, SECRET_TAG: new_secret()}
         with self._metrics.observe("create"):
             poller = await run_critical(lambda: self._put_vm(vm_name, vm_request, nic_name))
             try:

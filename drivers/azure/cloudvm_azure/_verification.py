@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
-import anyio
 import asyncssh
-import httpx
 
 from cloudvm import HostKeyError
-from cloudvm.driverkit import SECRET_TAG, check_secret, metadata_client, printable
+from cloudvm.driverkit import SECRET_TAG, check_secret, metadata_get
 
 from ._resources import field
 
@@ -27,37 +26,24 @@ async def verify_through_imds(
     ``compute.tagsList`` with ``expected``, in constant time. The host is
     not proven yet: the exchange has one deadline (IMDS_TIMEOUT seconds,
     opening the channel included), the answer is bounded and never
-    decompressed (:func:`cloudvm.driverkit.metadata_client`), and text the
-    host chose reaches errors only escaped (:func:`cloudvm.driverkit.printable`).
+    decompressed (:func:`cloudvm.driverkit.metadata_get`), and text the
+    host chose reaches errors only escaped.
 
     Returns None when the secrets match; raises HostKeyError (its message
     starting with ``who``) when the host's answer is missing, late,
     malformed or holds another secret.
     """
-    deadline = IMDS_TIMEOUT
+    answer = await metadata_get(
+        conn,
+        f"/metadata/instance?api-version={IMDS_API_VERSION}",
+        [("Metadata", "true")],
+        timeout=IMDS_TIMEOUT,
+        who=str(who),
+        service="Azure IMDS",
+    )
     try:
-        # The client's deadline bounds its requests, answers read to their
-        # end; the scope also bounds opening and closing it: one deadline.
-        with anyio.fail_after(deadline):
-            async with metadata_client(conn, timeout=deadline) as client:
-                response = await client.get(
-                    "/metadata/instance",
-                    params={"api-version": IMDS_API_VERSION},
-                    headers={"Metadata": "true"},
-                )
-    except (TimeoutError, httpx.TimeoutException):
-        raise HostKeyError(f"{who}: Azure IMDS did not answer within {deadline:g} s") from None
-    except (httpx.HTTPError, OSError, asyncssh.Error) as exc:
-        # The reason may be text the unproven host chose: escape it.
-        reason = printable(str(exc), limit=120)
-        raise HostKeyError(
-            f"{who}: cannot read Azure IMDS ({type(exc).__name__}: {reason})"
-        ) from None
-    if response.status_code != 200:
-        raise HostKeyError(f"{who}: Azure IMDS answered HTTP {response.status_code}")
-    try:
-        document = response.json()
-    except ValueError:
+        document = json.loads(answer.body)
+    except (ValueError, RecursionError):  # RecursionError: nesting the host chose
         raise HostKeyError(f"{who}: the answer of Azure IMDS is not JSON") from None
     check_secret(presented_secret(document, who), expected)
 

@@ -166,6 +166,7 @@ def _document(secret: str, padding: int = 0) -> bytes:
         pytest.param(
             _Hostile(200, b"[" + json.dumps(HOSTILE).encode() + b"]"), "no instance", id="list"
         ),
+        pytest.param(_Hostile(200, b"[" * 60_000), "is not JSON", id="nested-beyond-the-parser"),
     ],
 )
 async def test_a_hostile_imds_is_refused_with_no_raw_text_of_its_own(

@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 
 from cloudvm import InstanceSetID, SharedResourceTags, driver_func
-from cloudvm.driverkit import parse_config, run_critical, validate_tags
+from cloudvm.driverkit import check_set_arguments, run_critical, validate_tags
 
 from ._calls import EC2Client
 from ._config import EC2Config
@@ -34,11 +34,9 @@ async def _new_instance_set(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     registry: prometheus_client.CollectorRegistry | None = None,
 ) -> EC2InstanceSet:
-    parsed = parse_config(EC2Config, config, driver="ec2")
-    if not isinstance(id, str) or not id or len(id) > 256:
-        raise ValueError("the InstanceSetID must be a non-empty string of at most 256 characters")
-    shared = validate_tags(tags, field="shared resource tags")
-    check_ec2_tags(shared, field="shared resource tags", imds=False, reserved=0)
+    parsed, id, shared = check_set_arguments(
+        EC2Config, config, id, tags, driver="ec2", max_id_chars=256, check_tags=_shared_tags
+    )
     metrics = EC2Metrics(registry, id)
     stack = contextlib.AsyncExitStack()
     try:
@@ -47,6 +45,13 @@ async def _new_instance_set(
         await run_critical(stack.aclose)
         raise
     return EC2InstanceSet(parsed, id, shared, logger, metrics, client, stack)
+
+
+def _shared_tags(tags: object, *, field: str) -> dict[str, str]:
+    # Shared tags go on key pairs, not instances: no IMDS limits, no reserved tags.
+    shared = validate_tags(tags, field=field)
+    check_ec2_tags(shared, field=field, imds=False, reserved=0)
+    return shared
 
 
 async def _open_client(config: EC2Config, stack: contextlib.AsyncExitStack) -> EC2Client:

@@ -31,9 +31,9 @@ from cloudvm.driverkit import (
     SECRET_TAG,
     SET_ID_TAG,
     InstanceSetBase,
+    check_create_arguments,
     new_secret,
     run_critical,
-    validate_init_command,
     validate_tags,
 )
 
@@ -133,23 +133,18 @@ class EC2InstanceSet(InstanceSetBase):
             EC2APIError: any other EC2 error, or no answer at all.
         """
         self._check_open()
-        if not isinstance(itype, InstanceType):
-            raise TypeError(f"itype must be an InstanceType, not {type(itype).__name__}")
-        if not isinstance(image_id, str) or not image_id:
-            raise ValueError("image_id must be a non-empty string (an AMI id)")
-        user_tags = self._checked_tags(tags, field="tags")
-        script = validate_init_command(init_command)
+        args = check_create_arguments(
+            itype, image_id, tags, init_command, public_key, image_id_is="an AMI id"
+        )
+        self._checked_tags(args.tags, field="tags")
         if public_key is not None:
-            if not isinstance(public_key, asyncssh.SSHKey):
-                kind = type(public_key).__name__
-                raise TypeError(f"public_key must be an asyncssh.SSHKey or None, not {kind}")
             aws_fingerprints(public_key)  # ValueError for a type EC2 cannot import
 
         secret = new_secret()
-        all_tags = {**user_tags, SET_ID_TAG: self._id, SECRET_TAG: secret}
+        all_tags = {**args.tags, SET_ID_TAG: self._id, SECRET_TAG: secret}
         key_name = None if public_key is None else await self._key_pair(public_key)
         params = run_instances_params(
-            self._config, itype, image_id, all_tags, script, secret, key_name
+            self._config, itype, image_id, all_tags, args.init_command, secret, key_name
         )
 
         subnets: list[str] = self._config.subnet_ids or [""]

@@ -10,7 +10,7 @@ import anyio
 import anyio.to_thread
 
 from cloudvm import InstanceSetID, SharedResourceTags, driver_func
-from cloudvm.driverkit import CallMetrics, parse_config, validate_tags
+from cloudvm.driverkit import CallMetrics, check_set_arguments
 
 from ._api import ComputeAPI, load_credentials
 from ._config import GCEConfig
@@ -30,10 +30,7 @@ async def _new_instance_set(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     registry: prometheus_client.CollectorRegistry | None = None,
 ) -> GCEInstanceSet:
-    parsed = parse_config(GCEConfig, config, driver="gce")
-    if not isinstance(id, str) or not id:
-        raise ValueError("the InstanceSetID must be a non-empty string")
-    validate_tags(tags, field="shared resource tags")
+    parsed, id, _ = check_set_arguments(GCEConfig, config, id, tags, driver="gce")
     credentials = await anyio.to_thread.run_sync(load_credentials, parsed)
     api = ComputeAPI(parsed, credentials)
     return GCEInstanceSet(parsed, id, logger, CallMetrics(registry, "gce"), api)

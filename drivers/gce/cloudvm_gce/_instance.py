@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import asyncssh
 
 from cloudvm import InstancePrice, InstanceTags, InstanceType
-from cloudvm.driverkit import InstanceBase, validate_tags
+from cloudvm.driverkit import InstanceBase
 
 from ._reads import InstanceRecord
-from ._tags import MAX_USER_TAGS
+from ._tags import gce_tags
 from ._verify import verify_host_key
 
 if TYPE_CHECKING:
@@ -55,10 +55,7 @@ class GCEInstance(InstanceBase):
         (Should putting it back fail too, that is logged.) Raises ValueError
         for invalid tags before any call; after a CloudError the tags may be
         old or new."""
-        checked = validate_tags(tags)
-        if len(checked) > MAX_USER_TAGS:
-            raise ValueError(f"tags: GCE allows at most {MAX_USER_TAGS} tags per instance")
-        await self._set._set_tags(self, checked)
+        await self._set._set_tags(self, gce_tags(tags))
 
     def price_history(self, itype: InstanceType) -> list[InstancePrice]:
         """GCE publishes no per-instance price history: one entry, the

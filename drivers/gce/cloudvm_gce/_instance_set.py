@@ -31,9 +31,9 @@ from cloudvm.driverkit import (
     SECRET_TAG,
     CallMetrics,
     InstanceSetBase,
+    check_create_arguments,
     new_secret,
     run_critical,
-    validate_init_command,
     validate_tags,
 )
 
@@ -52,7 +52,7 @@ from ._reads import (
     metadata_item,
 )
 from ._tag_writes import TagWriter
-from ._tags import MAX_USER_TAGS, label_filter
+from ._tags import gce_tags, label_filter
 from ._verify import published_host_keys
 
 __all__ = ["GCEInstanceSet"]
@@ -130,18 +130,10 @@ class GCEInstanceSet(InstanceSetBase):
         project's) is used up; RateLimitError or CloudError otherwise.
         """
         self._check_open()
-        if not isinstance(itype, InstanceType):
-            raise TypeError(f"itype must be an InstanceType, not {type(itype).__name__}")
-        if not isinstance(image_id, str) or not image_id:
-            raise ValueError("image_id must be a non-empty image URL or family URL")
-        checked_tags = validate_tags(tags)
-        if len(checked_tags) > MAX_USER_TAGS:
-            raise ValueError(f"tags: GCE allows at most {MAX_USER_TAGS} tags per instance")
-        checked_init = validate_init_command(init_command)
-        if public_key is not None and not isinstance(public_key, asyncssh.SSHKey):
-            raise TypeError(
-                f"public_key must be an asyncssh.SSHKey or None, not {type(public_key).__name__}"
-            )
+        args = check_create_arguments(
+            itype, image_id, tags, init_command, public_key, image_id_is="an image URL"
+        )
+        gce_tags(args.tags)
         base = uuid.uuid4()
         name = f"cvm-{hashlib.sha256(self._id.encode()).hexdigest()[:6]}-{base.hex[:20]}"
         secret = new_secret()
@@ -161,8 +153,8 @@ class GCEInstanceSet(InstanceSetBase):
                     zone=zone,
                     itype=itype,
                     image_id=image_id,
-                    tags=checked_tags,
-                    init_command=checked_init,
+                    tags=args.tags,
+                    init_command=args.init_command,
                     public_key=public_key,
                     secret=secret,
                 )
@@ -207,7 +199,7 @@ class GCEInstanceSet(InstanceSetBase):
                     name=name,
                     zone=zone,
                     machine_type=itype.provider_type,
-                    tags=checked_tags,
+                    tags=args.tags,
                     secret=secret,
                     address=address_of(shown, self._config.address) if shown is not None else "",
                     created_at=created_at(shown) if shown is not None else None,

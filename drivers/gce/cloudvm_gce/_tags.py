@@ -20,13 +20,14 @@ import re
 from collections.abc import Mapping
 
 from cloudvm import InstanceTags
-from cloudvm.driverkit import SET_ID_TAG
+from cloudvm.driverkit import SET_ID_TAG, validate_tags
 
 __all__ = [
     "MAX_USER_TAGS",
     "TAGS_ITEM",
     "decode_tags",
     "encode_tags",
+    "gce_tags",
     "label_filter",
     "labels_for",
 ]
@@ -37,6 +38,15 @@ TAGS_ITEM = "cloudvm-tags"
 MAX_USER_TAGS = 63
 _UNSAFE = re.compile(r"[^a-z0-9_-]")
 _HASH_CHARS = 12  # hex digits of sha256: 48 bits
+
+
+def gce_tags(tags: object, *, field: str = "tags") -> InstanceTags:
+    """``validate_tags``, then GCE's own limit: at most :data:`MAX_USER_TAGS`
+    tags (one label of the 64 is the set id's). ValueError naming ``field``."""
+    checked = validate_tags(tags, field=field)
+    if len(checked) > MAX_USER_TAGS:
+        raise ValueError(f"{field}: GCE allows at most {MAX_USER_TAGS} tags per instance")
+    return checked
 
 
 def _slug(text: str, size: int) -> str:

@@ -10,13 +10,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
 import asyncssh
-import httpx
 from google.cloud import compute_v1
 
 from cloudvm import CloudError, HostKeyError
-from cloudvm.driverkit import SECRET_TAG, check_secret, metadata_client, printable
+from cloudvm.driverkit import SECRET_TAG, check_secret, metadata_get
 
 from ._api import ComputeAPI
 from ._config import GCEConfig
@@ -92,26 +90,14 @@ async def verify_host_key(
         raise NotImplementedError(
             f"{who}: no host key published yet and no connection to read the secret through"
         )
-    try:
-        # The client's deadline bounds its requests, answers read to their
-        # end; the scope also bounds opening and closing it: one deadline.
-        with anyio.fail_after(VERIFY_DEADLINE):
-            async with metadata_client(conn, timeout=VERIFY_DEADLINE) as client:
-                response = await client.get(
-                    _METADATA_SECRET_PATH, headers={"Metadata-Flavor": "Google"}
-                )
-    except TimeoutError:
-        raise HostKeyError(
-            f"{who}: the metadata server did not answer within {VERIFY_DEADLINE:g} s"
-        ) from None
-    except httpx.HTTPError as exc:
-        # The reason may be text the unproven server chose: escape it.
-        reason = printable(str(exc), limit=120)
-        raise HostKeyError(
-            f"{who}: cannot read the metadata server ({type(exc).__name__}: {reason})"
-        ) from None
-    if response.status_code != 200 or response.headers.get("metadata-flavor") != "Google":
-        raise HostKeyError(
-            f"{who}: the metadata server answered {response.status_code}, not the secret"
-        )
-    check_secret(response.content, secret)
+    answer = await metadata_get(
+        conn,
+        _METADATA_SECRET_PATH,
+        [("Metadata-Flavor", "Google")],
+        timeout=VERIFY_DEADLINE,
+        who=who,
+        service="the metadata server",
+    )
+    if answer.header("metadata-flavor") != "Google":
+        raise HostKeyError(f"{who}: the answer is not the metadata server's (no Metadata-Flavor)")
+    check_secret(answer.body, secret)
