@@ -9,16 +9,35 @@ its own cloud (through ``check_tags`` and ``image_id_is``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import asyncssh
 import pydantic
 
-from ._types import ImageID, InitCommand, InstanceSetID, InstanceTags, InstanceType
+from ._drivers import driver_func
+from ._protocols import Driver, InstanceSet
+from ._types import (
+    ImageID,
+    InitCommand,
+    InstanceSetID,
+    InstanceTags,
+    InstanceType,
+    SharedResourceTags,
+)
 from ._validate import parse_config, validate_init_command, validate_tags
 
-__all__ = ["CreateArguments", "check_create_arguments", "check_set_arguments"]
+if TYPE_CHECKING:
+    import prometheus_client
+
+__all__ = [
+    "CreateArguments",
+    "SetArguments",
+    "check_create_arguments",
+    "check_set_arguments",
+    "config_driver",
+]
 
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
@@ -97,3 +116,54 @@ def check_set_arguments(
         raise ValueError(f"the InstanceSetID must be a non-empty string{longest}")
     shared = check_tags(tags, field="shared resource tags")
     return parsed, InstanceSetID(id), shared
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SetArguments(Generic[_Model]):
+    """What ``Driver.instance_set`` was given, checked
+    (:func:`config_driver`): the config parsed with the driver's model, the
+    set's id, a copy of the shared resource tags, the logger and the
+    optional prometheus registry."""
+
+    config: _Model
+    id: InstanceSetID
+    tags: SharedResourceTags
+    logger: logging.Logger | logging.LoggerAdapter[Any]
+    registry: prometheus_client.CollectorRegistry | None
+
+
+def config_driver(
+    model: type[_Model],
+    open_set: Callable[[SetArguments[_Model]], Awaitable[InstanceSet]],
+    *,
+    name: str,
+    max_id_chars: int | None = None,
+    check_tags: Callable[..., InstanceTags] = validate_tags,
+) -> Driver:
+    """A :class:`cloudvm.Driver` whose ``instance_set`` checks its arguments
+    (:func:`check_set_arguments` with ``model``, ``name``, ``max_id_chars``
+    and ``check_tags``) and then returns ``await open_set(arguments)``::
+
+        async def _open(args: SetArguments[MyConfig]) -> MyInstanceSet:
+            return MyInstanceSet(args.config, args.id, args.logger)
+
+        DRIVER = config_driver(MyConfig, _open, name="mine")
+
+    So bad input raises (ConfigError, ValueError, TypeError) before
+    ``open_set`` runs, and so before any cloud call.
+    """
+
+    async def new_set(
+        config: Mapping[str, Any] | str | bytes,
+        id: InstanceSetID,
+        tags: SharedResourceTags,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        registry: prometheus_client.CollectorRegistry | None = None,
+    ) -> InstanceSet:
+        parsed, set_id, shared = check_set_arguments(
+            model, config, id, tags, driver=name, max_id_chars=max_id_chars, check_tags=check_tags
+        )
+        return await open_set(SetArguments(parsed, set_id, shared, logger, registry))
+
+    new_set.__qualname__ = getattr(open_set, "__qualname__", new_set.__qualname__)
+    return driver_func(new_set)

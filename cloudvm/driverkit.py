@@ -10,8 +10,10 @@ included; :func:`printable` for text an untrusted host or account chose.
 """
 
 from ._arguments import CreateArguments as CreateArguments
+from ._arguments import SetArguments as SetArguments
 from ._arguments import check_create_arguments as check_create_arguments
 from ._arguments import check_set_arguments as check_set_arguments
+from ._arguments import config_driver as config_driver
 from ._base import InstanceSetBase as InstanceSetBase
 from ._channel_http import ChannelAnswer as ChannelAnswer
 from ._channel_http import ChannelHTTP as ChannelHTTP
@@ -68,9 +70,11 @@ __all__ = [
     "InstanceBase",
     "InstanceSetBase",
     "SSHTunnelTransport",
+    "SetArguments",
     "check_create_arguments",
     "check_secret",
     "check_set_arguments",
+    "config_driver",
     "imdsv2_get",
     "imdsv2_token",
     "is_loopback_url",

@@ -22,10 +22,9 @@ import asyncssh
 
 import cloudvm
 
-from .._arguments import check_create_arguments, check_set_arguments
+from .._arguments import SetArguments, check_create_arguments, config_driver
 from .._base import InstanceSetBase
 from .._critical import run_critical
-from .._drivers import driver_func
 from .._errors import CloudError, QuotaError
 from .._metadata import verify_with_imdsv2
 from .._metrics import CallMetrics
@@ -40,7 +39,6 @@ from .._types import (
     InstanceSetID,
     InstanceTags,
     InstanceType,
-    SharedResourceTags,
 )
 from .._validate import (
     new_secret,
@@ -50,7 +48,7 @@ from . import _forkserver, _state
 from ._config import LoopbackConfig
 
 if TYPE_CHECKING:
-    import prometheus_client
+    pass
 
 __all__ = ["DRIVER", "LoopbackInstance", "LoopbackInstanceSet"]
 
@@ -431,17 +429,11 @@ def _signal_group(pid: int, signum: int) -> None:
             os.kill(pid, signum)
 
 
-async def _new_instance_set(
-    config: Mapping[str, Any] | str | bytes,
-    id: InstanceSetID,
-    tags: SharedResourceTags,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    registry: prometheus_client.CollectorRegistry | None = None,
-) -> LoopbackInstanceSet:
-    parsed, id, _ = check_set_arguments(LoopbackConfig, config, id, tags, driver="loopback")
-    await anyio.to_thread.run_sync(_state.prepare_state_dir, parsed.state_dir)
-    return LoopbackInstanceSet(parsed, id, logger, CallMetrics(registry, "loopback"))
+async def _open_instance_set(args: SetArguments[LoopbackConfig]) -> LoopbackInstanceSet:
+    await anyio.to_thread.run_sync(_state.prepare_state_dir, args.config.state_dir)
+    metrics = CallMetrics(args.registry, "loopback")
+    return LoopbackInstanceSet(args.config, args.id, args.logger, metrics)
 
 
 #: The loopback driver; ``cloudvm.load_driver("loopback")`` returns it.
-DRIVER = driver_func(_new_instance_set)
+DRIVER = config_driver(LoopbackConfig, _open_instance_set, name="loopback")

@@ -19,14 +19,12 @@ the reserved ``cloudvm-`` tags: ``tags`` is exactly the user's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from .._arguments import check_create_arguments, check_set_arguments
+from .._arguments import SetArguments, check_create_arguments, config_driver
 from .._base import InstanceSetBase
-from .._drivers import driver_func
 from .._metadata import verify_with_imdsv2
 from .._metrics import CallMetrics
 from .._protocols import Instance
@@ -39,14 +37,13 @@ from .._types import (
     InstanceSetID,
     InstanceTags,
     InstanceType,
-    SharedResourceTags,
 )
 from .._validate import validate_tags
 from ._fake_cloud import _VM, FakeCloud, named_cloud
 from ._fake_config import FakeConfig
 
 if TYPE_CHECKING:
-    import prometheus_client
+    pass
 
 __all__ = ["DRIVER", "FakeInstance", "FakeInstanceSet"]
 
@@ -277,16 +274,10 @@ class FakeInstanceSet(InstanceSetBase):
         return None
 
 
-async def _new_instance_set(
-    config: Mapping[str, Any] | str | bytes,
-    id: InstanceSetID,
-    tags: SharedResourceTags,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    registry: prometheus_client.CollectorRegistry | None = None,
-) -> FakeInstanceSet:
-    parsed, id, tags = check_set_arguments(FakeConfig, config, id, tags, driver="fake")
-    return await named_cloud(parsed).instance_set(id, tags, logger, registry)
+async def _open_instance_set(args: SetArguments[FakeConfig]) -> FakeInstanceSet:
+    cloud = named_cloud(args.config)
+    return await cloud.instance_set(args.id, args.tags, args.logger, args.registry)
 
 
 #: The fake driver; ``cloudvm.load_driver("fake")`` returns it.
-DRIVER = driver_func(_new_instance_set)
+DRIVER = config_driver(FakeConfig, _open_instance_set, name="fake")

@@ -4,6 +4,7 @@ argument."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -13,7 +14,14 @@ import pytest
 
 import cloudvm
 import cloudvm.driverkit
-from cloudvm.driverkit import CreateArguments, check_create_arguments, check_set_arguments
+from cloudvm.driverkit import (
+    CreateArguments,
+    SetArguments,
+    check_create_arguments,
+    check_set_arguments,
+    config_driver,
+)
+from cloudvm.testing import FakeCloud
 
 ITYPE = cloudvm.InstanceType(
     name="small", provider_type="s1", vcpus=1, ram=1 << 30, scratch=0, included_scratch=0,
@@ -108,3 +116,33 @@ def test_set_arguments_run_the_drivers_own_tag_check() -> None:
             _Config, {"region": "r1"}, "s", {"a": "1", "b": "2"}, driver="mine",
             check_tags=at_most_one,
         )  # fmt: skip
+
+
+async def test_config_driver_opens_a_set_only_with_checked_arguments() -> None:
+    opened: list[SetArguments[_Config]] = []
+    cloud = FakeCloud()
+
+    async def open_set(args: SetArguments[_Config]) -> cloudvm.InstanceSet:
+        opened.append(args)
+        return await cloud.instance_set(args.id)
+
+    driver = config_driver(_Config, open_set, name="mine", max_id_chars=8)
+    logger = logging.getLogger("mine")
+    with pytest.raises(cloudvm.ConfigError, match="invalid mine config"):
+        await driver.instance_set({}, cloudvm.InstanceSetID("s"), {}, logger)
+    with pytest.raises(ValueError, match="of at most 8 characters"):
+        await driver.instance_set({"region": "r"}, cloudvm.InstanceSetID("x" * 9), {}, logger)
+    with pytest.raises(ValueError, match=r"^shared resource tags"):
+        await driver.instance_set({"region": "r"}, cloudvm.InstanceSetID("s"), {"": "x"}, logger)
+    assert opened == []  # nothing reached the cloud's side
+    tags = {"team": "ci"}
+    async with await driver.instance_set(
+        b'{"region": "r"}', cloudvm.InstanceSetID("s"), tags, logger
+    ):
+        pass
+    await cloud.close()
+    (args,) = opened
+    assert (args.config, args.id, args.tags, args.logger, args.registry) == (
+        _Config(region="r"), "s", {"team": "ci"}, logger, None,
+    )  # fmt: skip
+    assert args.tags is not tags

@@ -4,15 +4,12 @@ aiobotocore client out."""
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
-from cloudvm import InstanceSetID, SharedResourceTags, driver_func
-from cloudvm.driverkit import check_set_arguments, run_critical, validate_tags
+from cloudvm.driverkit import SetArguments, config_driver, run_critical, validate_tags
 
 from ._calls import EC2Client
 from ._config import EC2Config
@@ -22,29 +19,20 @@ from ._redact import install_redaction
 from ._tags import check_ec2_tags
 
 if TYPE_CHECKING:
-    import prometheus_client
+    pass
 
 __all__ = ["DRIVER"]
 
 
-async def _new_instance_set(
-    config: Mapping[str, Any] | str | bytes,
-    id: InstanceSetID,
-    tags: SharedResourceTags,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    registry: prometheus_client.CollectorRegistry | None = None,
-) -> EC2InstanceSet:
-    parsed, id, shared = check_set_arguments(
-        EC2Config, config, id, tags, driver="ec2", max_id_chars=256, check_tags=_shared_tags
-    )
-    metrics = EC2Metrics(registry, id)
+async def _open_instance_set(args: SetArguments[EC2Config]) -> EC2InstanceSet:
+    metrics = EC2Metrics(args.registry, args.id)
     stack = contextlib.AsyncExitStack()
     try:
-        client = await _open_client(parsed, stack)
+        client = await _open_client(args.config, stack)
     except BaseException:
         await run_critical(stack.aclose)
         raise
-    return EC2InstanceSet(parsed, id, shared, logger, metrics, client, stack)
+    return EC2InstanceSet(args.config, args.id, args.tags, args.logger, metrics, client, stack)
 
 
 def _shared_tags(tags: object, *, field: str) -> dict[str, str]:
@@ -95,4 +83,6 @@ async def _open_client(config: EC2Config, stack: contextlib.AsyncExitStack) -> E
 
 
 #: The EC2 driver; ``cloudvm.load_driver("ec2")`` returns it.
-DRIVER = driver_func(_new_instance_set)
+DRIVER = config_driver(
+    EC2Config, _open_instance_set, name="ec2", max_id_chars=256, check_tags=_shared_tags
+)

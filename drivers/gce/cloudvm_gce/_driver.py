@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
-from cloudvm import InstanceSetID, SharedResourceTags, driver_func
-from cloudvm.driverkit import CallMetrics, check_set_arguments
+from cloudvm.driverkit import CallMetrics, SetArguments, config_driver
 
 from ._api import ComputeAPI, load_credentials
 from ._config import GCEConfig
@@ -18,23 +15,17 @@ from ._instance import GCEInstance
 from ._instance_set import GCEInstanceSet
 
 if TYPE_CHECKING:
-    import prometheus_client
+    pass
 
 __all__ = ["DRIVER", "GCEInstance", "GCEInstanceSet"]
 
 
-async def _new_instance_set(
-    config: Mapping[str, Any] | str | bytes,
-    id: InstanceSetID,
-    tags: SharedResourceTags,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    registry: prometheus_client.CollectorRegistry | None = None,
-) -> GCEInstanceSet:
-    parsed, id, _ = check_set_arguments(GCEConfig, config, id, tags, driver="gce")
-    credentials = await anyio.to_thread.run_sync(load_credentials, parsed)
-    api = ComputeAPI(parsed, credentials)
-    return GCEInstanceSet(parsed, id, logger, CallMetrics(registry, "gce"), api)
+async def _open_instance_set(args: SetArguments[GCEConfig]) -> GCEInstanceSet:
+    credentials = await anyio.to_thread.run_sync(load_credentials, args.config)
+    api = ComputeAPI(args.config, credentials)
+    metrics = CallMetrics(args.registry, "gce")
+    return GCEInstanceSet(args.config, args.id, args.logger, metrics, api)
 
 
 #: The GCE driver; ``cloudvm.load_driver("gce")`` returns it.
-DRIVER = driver_func(_new_instance_set)
+DRIVER = config_driver(GCEConfig, _open_instance_set, name="gce")
