@@ -25,6 +25,7 @@ from ._drivers import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from ._executor import split_address as split_address
 from ._instance_base import InstanceBase as InstanceBase
 from ._instance_base import is_loopback_url as is_loopback_url
+from ._log_filters import add_log_filter as add_log_filter
 from ._metadata import IMDSV2_SECRET_PATH as IMDSV2_SECRET_PATH
 from ._metadata import IMDSV2_TOKEN_TTL as IMDSV2_TOKEN_TTL
 from ._metadata import imdsv2_get as imdsv2_get
@@ -71,6 +72,7 @@ __all__ = [
     "InstanceSetBase",
     "SSHTunnelTransport",
     "SetArguments",
+    "add_log_filter",
     "check_create_arguments",
     "check_secret",
     "check_set_arguments",

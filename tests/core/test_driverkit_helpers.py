@@ -6,7 +6,14 @@ import logging
 
 import pytest
 
-from cloudvm.driverkit import SECRET_TAG, SET_ID_TAG, InstanceBase, is_loopback_url, publish_names
+from cloudvm.driverkit import (
+    SECRET_TAG,
+    SET_ID_TAG,
+    InstanceBase,
+    add_log_filter,
+    is_loopback_url,
+    publish_names,
+)
 from cloudvm.testing import capture_every_log
 
 
@@ -100,3 +107,28 @@ def test_publish_names_shows_public_objects_under_the_package() -> None:
     assert repr(Thing).startswith("<class 'somepkg.")
     assert helper.__module__ == "somepkg"
     assert int.__module__ == "builtins"  # a builtin type refuses, and is left alone
+
+
+class _Redact(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.args = ("<redacted>",)
+        return True
+
+
+def test_add_log_filter_adds_one_filter_per_logger_however_often_called() -> None:
+    names = ["cloudvm.test.sdk.a", "cloudvm.test.sdk.b"]
+    try:
+        add_log_filter(names, _Redact)
+        add_log_filter(names, _Redact)  # a second set opened: no second filter
+        for name in names:
+            assert [type(f) for f in logging.getLogger(name).filters] == [_Redact]
+        with capture_every_log() as capture:
+            logging.getLogger(names[0]).warning("token %s", "s3cret")
+        assert capture.containing("s3cret") == []
+        assert [r.getMessage() for r in capture.records if r.name == names[0]] == [
+            "token <redacted>"
+        ]
+    finally:
+        for name in names:
+            for f in list(logging.getLogger(name).filters):
+                logging.getLogger(name).removeFilter(f)

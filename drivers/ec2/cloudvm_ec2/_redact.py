@@ -15,6 +15,8 @@ import logging
 
 from botocore.model import OperationModel  # type: ignore[import-untyped]
 
+from cloudvm.driverkit import add_log_filter
+
 __all__ = ["REDACTED", "SDK_LOGGERS", "install_redaction"]
 
 #: The SDK loggers whose records may carry secrets in their arguments
@@ -41,7 +43,4 @@ class _RedactArguments(logging.Filter):
 
 def install_redaction() -> None:
     """Add the redacting filter to each of :data:`SDK_LOGGERS` (once)."""
-    for name in SDK_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactArguments) for f in logger.filters):
-            logger.addFilter(_RedactArguments())
+    add_log_filter(SDK_LOGGERS, _RedactArguments)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from cloudvm.driverkit import add_log_filter
+
 __all__ = ["SDK_LOGGERS", "install_redaction"]
 
 #: The SDK loggers whose records may carry instance metadata.
@@ -33,8 +35,5 @@ class _RedactPayloads(logging.Filter):
 
 
 def install_redaction() -> None:
-    """Add the redacting filter to :data:`SDK_LOGGERS` (once)."""
-    for name in SDK_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactPayloads) for f in logger.filters):
-            logger.addFilter(_RedactPayloads())
+    """Add the redacting filter to each of :data:`SDK_LOGGERS` (once)."""
+    add_log_filter(SDK_LOGGERS, _RedactPayloads)
