@@ -24,6 +24,7 @@ import _cloud
 import _fanout
 import _gce_listing
 import _latency
+import _loopback
 import _memory
 import _pool
 import _throttle
@@ -38,6 +39,7 @@ CASES: dict[str, Callable[..., Awaitable[CaseResult]]] = {
     "memory": _memory.run,
     "cloud": _cloud.run,
     "pool": _pool.run,
+    "loopback": _loopback.run,
     "gce-listing": _gce_listing.run,
     "azure-listing": _azure_listing.run,
 }
