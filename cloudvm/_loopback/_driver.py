@@ -26,6 +26,7 @@ from .._arguments import SetArguments, check_create_arguments, config_driver
 from .._base import InstanceSetBase
 from .._critical import run_critical
 from .._errors import CloudError, QuotaError
+from .._instance_base import InstanceBase
 from .._metadata import verify_with_imdsv2
 from .._metrics import CallMetrics
 from .._protocols import Instance
@@ -62,8 +63,10 @@ _RELAUNCH_AFTER = 1.0  # seconds between starts of a fork server that never took
 _FORK_SERVER_EXIT_WAIT = 20.0  # seconds stop() waits for an idle fork server to exit
 
 
-class LoopbackInstance:
-    """One loopback instance, as of the listing or create that produced it."""
+class LoopbackInstance(InstanceBase):
+    """One loopback instance, as of the listing or create that produced it.
+    Its ``address`` is ``127.0.0.1:<port>`` once the instance's SSH server
+    listens, else ""."""
 
     def __init__(
         self,
@@ -72,38 +75,22 @@ class LoopbackInstance:
         tags: InstanceTags,
         address: str,
     ) -> None:
+        super().__init__(
+            id=record.id,
+            provider_type=record.provider_type,
+            all_tags=tags,
+            address=address,
+            remote_user=record.remote_user,
+        )
         self._set = instance_set
         self._record = record
-        self._tags = tags
-        self._address = address
-
-    @property
-    def id(self) -> InstanceID:
-        return InstanceID(self._record.id)
-
-    @property
-    def provider_type(self) -> str:
-        return self._record.provider_type
-
-    @property
-    def tags(self) -> InstanceTags:
-        return dict(self._tags)
-
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:<port>`` once the instance's SSH server listens, else ""."""
-        return self._address
-
-    @property
-    def remote_user(self) -> str:
-        return self._record.remote_user
 
     async def set_tags(self, tags: InstanceTags) -> None:
         """Replace the instance's tags (visible to listings and to the
         instance's metadata service at once)."""
         checked = validate_tags(tags)
         await self._set._set_tags(self, checked)
-        self._tags = dict(checked)
+        self._replace_user_tags(checked)
 
     def price_history(self, itype: InstanceType) -> list[InstancePrice]:
         """One price, the type's, since the instance was created."""
@@ -128,12 +115,6 @@ class LoopbackInstance:
         await verify_with_imdsv2(
             conn, instance_id=self.id, secret=self._record.secret, who=str(self)
         )
-
-    def __str__(self) -> str:
-        return self._record.id
-
-    def __repr__(self) -> str:
-        return f"<LoopbackInstance {self._record.id} address={self._address!r} tags={self._tags!r}>"
 
 
 class LoopbackInstanceSet(InstanceSetBase):

@@ -25,13 +25,13 @@ import asyncssh
 
 from .._arguments import SetArguments, check_create_arguments, config_driver
 from .._base import InstanceSetBase
+from .._instance_base import InstanceBase
 from .._metadata import verify_with_imdsv2
 from .._metrics import CallMetrics
 from .._protocols import Instance
 from .._types import (
     ImageID,
     InitCommand,
-    InstanceID,
     InstancePrice,
     InstanceQuotaGroup,
     InstanceSetID,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["DRIVER", "FakeInstance", "FakeInstanceSet"]
 
 
-class FakeInstance:
+class FakeInstance(InstanceBase):
     """One fake instance, as of the listing or create that produced it.
 
     ``tags`` and ``address`` are snapshots: re-list to see later changes.
@@ -60,30 +60,15 @@ class FakeInstance:
     def __init__(
         self, instance_set: FakeInstanceSet, vm: _VM, tags: InstanceTags, address: str
     ) -> None:
+        super().__init__(
+            id=vm.id,
+            provider_type=vm.provider_type,
+            all_tags=tags,
+            address=address,
+            remote_user=vm.remote_user,
+        )
         self._set = instance_set
         self._vm = vm
-        self._tags = tags
-        self._address = address
-
-    @property
-    def id(self) -> InstanceID:
-        return InstanceID(self._vm.id)
-
-    @property
-    def provider_type(self) -> str:
-        return self._vm.provider_type
-
-    @property
-    def tags(self) -> InstanceTags:
-        return dict(self._tags)
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def remote_user(self) -> str:
-        return self._vm.remote_user
 
     async def set_tags(self, tags: InstanceTags) -> None:
         """Replace the instance's tags. Listings see them after the cloud's
@@ -93,7 +78,7 @@ class FakeInstance:
         say, and CloudError (code ``InvalidInstanceID.NotFound``) when the
         instance no longer exists."""
         checked = validate_tags(tags)
-        self._tags = await self._set._set_tags(self, checked)
+        self._replace_user_tags(await self._set._set_tags(self, checked))
 
     def price_history(self, itype: InstanceType) -> list[InstancePrice]:
         """One price, the type's, since the instance was created."""
@@ -124,12 +109,6 @@ class FakeInstance:
         await verify_with_imdsv2(
             conn, instance_id=self._vm.id, secret=self._vm.secret, who=str(self)
         )
-
-    def __str__(self) -> str:
-        return self._vm.id
-
-    def __repr__(self) -> str:
-        return f"<FakeInstance {self._vm.id} address={self._address!r} tags={self._tags!r}>"
 
 
 class FakeInstanceSet(InstanceSetBase):

@@ -55,6 +55,7 @@ async def test_a_planted_record_with_a_path_as_id_deletes_nothing_outside(
             cloudvm.ImageID("local"), {}, cloudvm.InitCommand(""), None,
         )  # fmt: skip
         real._record = type(real._record)(**{**real._record.__dict__, "id": VICTIM_ID})  # type: ignore[attr-defined]
+        real._id = cloudvm.InstanceID(VICTIM_ID)  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match="not a loopback instance id"):
             await real.destroy()
         with pytest.raises(ValueError, match="not a loopback instance id"):
