@@ -141,7 +141,9 @@ async def run_fleet(
             booted = await wait_for_boot(instance_set, created, args)
             return await run_on_all(booted, key, args.command)
         finally:
-            await destroy_all(instance_set, tags, args)
+            # To its end even if main is cancelled meanwhile (Ctrl-C is
+            # asyncio's Task.cancel): a half-done clean-up costs money.
+            await cloudvm.run_critical(lambda: destroy_all(instance_set, tags, args))
 
 
 async def create_all(
