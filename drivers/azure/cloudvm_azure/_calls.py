@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -11,17 +12,33 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.pipeline import PipelineRequest
 from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.rest import HttpRequest
 from azure.mgmt.compute.aio import ComputeManagementClient
+from azure.mgmt.core.exceptions import ARMErrorFormat
 from azure.mgmt.network.aio import NetworkManagementClient
 
 from cloudvm import CloudError
+from cloudvm.driverkit import printable
 
 from ._config import AzureConfig
 from ._errors import Backoff, map_error
 
-__all__ = ["CRITICAL_TIMEOUT", "ARMCalls", "bounded"]
+__all__ = [
+    "COMPUTE_API_VERSION",
+    "CRITICAL_TIMEOUT",
+    "DISK_API_VERSION",
+    "NETWORK_API_VERSION",
+    "ARMCalls",
+    "bounded",
+]
+
+_Client = ComputeManagementClient | NetworkManagementClient
 
 CRITICAL_TIMEOUT = 300.0  # seconds a step of create that must finish may take
+#: The API versions of the listings, which read ARM's pages themselves.
+COMPUTE_API_VERSION = "2024-07-01"
+NETWORK_API_VERSION = "2024-05-01"
+DISK_API_VERSION = "2024-03-02"
 
 
 class ARMCalls:
@@ -29,14 +46,23 @@ class ARMCalls:
     :meth:`close`), its resource group, and the mapping of azure-core's
     errors to cloudvm's, with a throttling backoff per kind of call.
 
-    The SDK's models are used as they come: they are mappings over ARM's
-    wire format, so reading them is cheap, where copying them (``as_dict``)
-    is not.
+    Listings read ARM's pages as plain JSON, through the clients' own
+    pipelines (the token, the options and the transport of every other
+    call): the driver reads the wire format's fields, so the SDK's models
+    would only be built to be read back, at about six times the CPU of
+    fetching and decoding the pages. Other calls use the SDK's operations.
     """
 
     def __init__(self, config: AzureConfig, credential: AsyncTokenCredential) -> None:
         self.group = config.resource_group
         self._backoff = Backoff()
+        self._base_url = config.base_url
+        self._origin = _origin(config.base_url)
+        group = urllib.parse.quote(config.resource_group, safe="")
+        self._providers = (
+            f"{config.base_url}/subscriptions/{urllib.parse.quote(config.subscription_id, safe='')}"
+            f"/resourceGroups/{group}/providers"
+        )
         options: dict[str, Any] = {
             "base_url": config.base_url,
             "credential_scopes": [f"{config.base_url}/.default"],
@@ -70,35 +96,78 @@ class ARMCalls:
             raise CloudError(f"{what}: {type(exc).__name__}: {exc.message}") from exc
         self._backoff.reset(kind)
 
-    async def _all(self, pager: Any, what: str) -> list[Mapping[str, Any]]:
+    def _url(self, rtype: str, api_version: str) -> str:
+        return f"{self._providers}/{rtype}?api-version={api_version}"
+
+    async def _pages(self, client: _Client, url: str, what: str) -> list[dict[str, Any]]:
+        """The ``value`` items of every page from ``url`` on, following
+        ``nextLink``: HttpResponseError for an answer that is not 200 (as
+        the SDK raises it), CloudError for a page that is not ARM's JSON or
+        a ``nextLink`` off the ARM endpoint (the bearer token would go with
+        it) or seen before (it would never end). Items that are not JSON
+        objects are no resources and are skipped."""
+        items: list[dict[str, Any]] = []
+        seen = {url}
+        while True:
+            response = await client.send_request(HttpRequest("GET", url))
+            if response.status_code != 200:
+                raise HttpResponseError(response=response, error_format=ARMErrorFormat)
+            try:
+                page = response.json()
+            except ValueError:
+                page = None
+            value = page.get("value") if isinstance(page, dict) else None
+            if not isinstance(value, list):
+                raise CloudError(f"{what}: the answer is not a page of ARM resources")
+            items.extend(item for item in value if isinstance(item, dict))
+            link = page.get("nextLink")
+            if not link:
+                return items
+            if not isinstance(link, str) or _origin(link) != self._origin or link in seen:
+                raise CloudError(
+                    f"{what}: a nextLink off {self._base_url} or seen before: "
+                    f"{printable(str(link))}"
+                )
+            seen.add(link)
+            url = link
+
+    async def _all(
+        self, client: _Client, rtype: str, version: str, what: str
+    ) -> list[dict[str, Any]]:
         with self.calling("list", what):
-            return [item async for item in pager]
+            return await self._pages(client, self._url(rtype, version), what)
 
-    async def list_nics(self) -> list[Mapping[str, Any]]:
-        """Every NIC of the resource group, all pages; mapped errors."""
-        pager = self.network.network_interfaces.list(self.group)
-        return await self._all(pager, "listing network interfaces")
+    async def list_nics(self) -> list[dict[str, Any]]:
+        """Every NIC of the resource group (ARM's JSON), all pages; mapped errors."""
+        return await self._all(
+            self.network,
+            "Microsoft.Network/networkInterfaces",
+            NETWORK_API_VERSION,
+            "listing network interfaces",
+        )
 
-    async def list_vms_and_nics(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-        """Every VM and every NIC of the resource group, both listings at
-        once. The first to fail raises its mapped error, as one listing
+    async def list_vms_and_nics(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every VM and every NIC of the resource group (ARM's JSON), both
+        listings at once. The first to fail raises its mapped error, as one listing
         would (the other is cancelled, or its own failure dropped), and moves
         the ``list`` backoff once; both succeeding reset it."""
-        found: dict[str, list[Mapping[str, Any]]] = {}
+        found: dict[str, list[dict[str, Any]]] = {}
         failures: list[tuple[str, Exception]] = []
 
-        async def collect(what: str, pager: Any) -> None:
+        async def collect(what: str, client: _Client, url: str) -> None:
             try:
-                found[what] = [item async for item in pager]
+                found[what] = await self._pages(client, url, what)
             except Exception as exc:
                 failures.append((what, exc))
                 raise
 
         vms, nics = "listing virtual machines", "listing network interfaces"
+        vm_url = self._url("Microsoft.Compute/virtualMachines", COMPUTE_API_VERSION)
+        nic_url = self._url("Microsoft.Network/networkInterfaces", NETWORK_API_VERSION)
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(collect, vms, self.compute.virtual_machines.list(self.group))
-                group.start_soon(collect, nics, self.network.network_interfaces.list(self.group))
+                group.start_soon(collect, vms, self.compute, vm_url)
+                group.start_soon(collect, nics, self.network, nic_url)
         except BaseExceptionGroup as errors:
             _, rest = errors.split(Exception)
             if rest is not None:
@@ -110,10 +179,12 @@ class ARMCalls:
                 raise failure
         return found[vms], found[nics]
 
-    async def list_disks(self) -> list[Mapping[str, Any]]:
-        """Every managed disk of the resource group, all pages; mapped errors."""
-        pager = self.compute.disks.list_by_resource_group(self.group)
-        return await self._all(pager, "listing disks")
+    async def list_disks(self) -> list[dict[str, Any]]:
+        """Every managed disk of the resource group (ARM's JSON), all pages;
+        mapped errors."""
+        return await self._all(
+            self.compute, "Microsoft.Compute/disks", DISK_API_VERSION, "listing disks"
+        )
 
     async def delete(self, operations: Any, name: str, *, kind: str, what: str) -> None:
         """Delete ``name`` through ``operations`` (``compute.disks``,
@@ -135,6 +206,18 @@ class _PlainHttpAllowed(SansIOHTTPPolicy[Any, Any]):
 
     def on_request(self, request: PipelineRequest[Any]) -> None:
         request.context["enforce_https"] = False
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of ``url`` (lower-cased, the default port
+    filled in): where a bearer token may go."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ("", "", None)
+    scheme = parts.scheme.lower()
+    return (scheme, (parts.hostname or "").lower(), port or {"https": 443, "http": 80}.get(scheme))
 
 
 @contextlib.contextmanager

@@ -303,13 +303,14 @@ class AzureInstanceSet(InstanceSetBase):
         wanted = {SET_ID_TAG: self._id, **validate_tags(tags or {})}
         with self._metrics.observe("instances"):
             vms, nics = await self._arm.list_vms_and_nics()
-        # Each top-level field of an SDK model is read once: reading one
-        # costs more than a plain dict's.
+        # ARM's JSON, as listed: a VM without a tags object is none of ours.
         mine: list[tuple[str, Mapping[str, str], Mapping[str, Any], str]] = []
         for vm in vms:
-            vm_tags = vm.get("tags") or {}
-            if all(vm_tags.get(k) == v for k, v in wanted.items()):
-                properties = vm.get("properties") or {}
+            vm_tags = vm.get("tags")
+            if isinstance(vm_tags, dict) and all(vm_tags.get(k) == v for k, v in wanted.items()):
+                properties = vm.get("properties")
+                if not isinstance(properties, dict):
+                    properties = {}
                 mine.append((str(vm["name"]), vm_tags, properties, primary_nic_id(properties)))
         # Only the NICs of the VMs listed are read.
         addresses = dict.fromkeys(nic_id for *_, nic_id in mine)

@@ -1,9 +1,8 @@
 """ARM's wire format: the bodies the set sends, and what it reads from VMs and NICs.
 
-Readers take any mapping over the wire format (the SDK's models are such
-mappings, but slow ones: read each of their top-level fields once, then pass
-the plain dicts below) and return None or empty values where a field is
-missing.
+Readers take any mapping over the wire format (ARM's JSON as listed, or the
+SDK's models that create gets back, which are such mappings) and return None
+or empty values where a field is missing.
 """
 
 from __future__ import annotations
