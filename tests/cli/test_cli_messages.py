@@ -174,14 +174,21 @@ async def test_interrupted_create_wait_says_the_instance_is_booting(cloud: Cloud
     ) as proc:
         assert proc.stderr is not None
         seen = b""
-        with anyio.fail_after(60):
-            while b"to boot" not in seen:
-                seen += await proc.stderr.receive()
-        proc.send_signal(signal.SIGINT)
-        with anyio.fail_after(60):
-            async for chunk in proc.stderr:
-                seen += chunk
-            code = await proc.wait()
+        try:
+            with anyio.fail_after(60):
+                while b"to boot" not in seen:
+                    seen += await proc.stderr.receive()
+            proc.send_signal(signal.SIGINT)
+            with anyio.fail_after(60):
+                async for chunk in proc.stderr:
+                    seen += chunk
+                code = await proc.wait()
+        except BaseException as exc:
+            # Leaving ``async with`` waits for the process: never for a hung one.
+            if proc.returncode is None:
+                proc.kill()
+            exc.add_note(f"the CLI wrote: {seen.decode(errors='replace')!r}")
+            raise
     stderr = seen.decode()
     [instance_id] = cloud.instance_dirs()
     try:

@@ -13,8 +13,20 @@ from azure_support import GROUP, SET_ID, SUBSCRIPTION, FakeCredential, make_conf
 from cloudvm.driverkit import SET_ID_TAG
 
 CREATED = cloudvm_azure.CREATED_AT_TAG
-OLD = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
-FRESH = datetime.now(UTC).isoformat()
+
+
+def _old() -> str:
+    """A creation time two hours ago, well past any sweep_after of these tests."""
+    return (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+
+
+def _fresh() -> str:
+    """A creation time of now. (Taken when the test runs, not when the module
+    is imported: a long suite would have aged a module constant past
+    sweep_after, and the sweep rightly deleted the "fresh" resource.)"""
+    return datetime.now(UTC).isoformat()
+
+
 VM_ID = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}"
     "/providers/Microsoft.Compute/virtualMachines/x"
@@ -48,16 +60,16 @@ def _disk(arm: FakeARM, name: str, tags: dict[str, str], attached: bool = False)
 async def test_sweep_deletes_only_our_old_detached_nics_and_disks(
     arm: FakeARM, credential: FakeCredential, logger: logging.Logger
 ) -> None:
-    ours_old = {SET_ID_TAG: SET_ID, CREATED: OLD}
+    ours_old = {SET_ID_TAG: SET_ID, CREATED: _old()}
     _nic(arm, "ours-old", ours_old)
-    _nic(arm, "ours-fresh", {SET_ID_TAG: SET_ID, CREATED: FRESH})
+    _nic(arm, "ours-fresh", {SET_ID_TAG: SET_ID, CREATED: _fresh()})
     _nic(arm, "ours-attached", ours_old, attached=True)
-    _nic(arm, "foreign-old", {SET_ID_TAG: "another-set", CREATED: OLD})
-    _nic(arm, "untagged-old", {CREATED: OLD})
+    _nic(arm, "foreign-old", {SET_ID_TAG: "another-set", CREATED: _old()})
+    _nic(arm, "untagged-old", {CREATED: _old()})
     _disk(arm, "ours-old-disk", ours_old)
-    _disk(arm, "ours-fresh-disk", {SET_ID_TAG: SET_ID, CREATED: FRESH})
+    _disk(arm, "ours-fresh-disk", {SET_ID_TAG: SET_ID, CREATED: _fresh()})
     _disk(arm, "ours-attached-disk", ours_old, attached=True)
-    _disk(arm, "foreign-old-disk", {SET_ID_TAG: "another-set", CREATED: OLD})
+    _disk(arm, "foreign-old-disk", {SET_ID_TAG: "another-set", CREATED: _old()})
     _disk(arm, "untagged-disk", {})
     config = make_config(arm, sweep_interval=0.02, sweep_after=600)
     instance_set = await cloudvm_azure.open_instance_set(
@@ -93,7 +105,7 @@ async def test_sweep_survives_throttling(
     arm: FakeARM, credential: FakeCredential, logger: logging.Logger
 ) -> None:
     arm.inject("GET", "/networkInterfaces$", 429, None)
-    _nic(arm, "ours-old", {SET_ID_TAG: SET_ID, CREATED: OLD})
+    _nic(arm, "ours-old", {SET_ID_TAG: SET_ID, CREATED: _old()})
     config = make_config(arm, sweep_interval=0.02, sweep_after=60)
     async with await cloudvm_azure.open_instance_set(
         config, SET_ID, {}, logger, credential=credential
