@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import asyncssh
+import pytest
 
 from ..support import processes_mentioning, wait_until
 from .conftest import Cloud, cloudvm
@@ -164,6 +166,20 @@ async def test_create_wait_on_a_terminal_clears_the_progress_line(cloud: Cloud) 
         assert (await cloudvm("destroy", *cloud.args(), instance_id)).code == 0
 
 
+@pytest.fixture
+def sigint_reaches_children() -> Iterator[None]:
+    """A child starts with SIGINT at its default, so that Python gives it
+    the usual Ctrl-C handling: a suite started in the background by a
+    non-interactive shell has SIGINT ignored, and a child inherits an
+    ignored signal (never a handler) across exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_reaches_children")
 async def test_interrupted_create_wait_says_the_instance_is_booting(cloud: Cloud) -> None:
     config = loopback_config(cloud, "never.json", boot_delay=600.0)
     args = ["--driver", "loopback", "--config", str(config)]
