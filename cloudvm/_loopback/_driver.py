@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -47,9 +47,6 @@ from .._validate import (
 )
 from . import _forkserver, _state
 from ._config import LoopbackConfig
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DRIVER", "LoopbackInstance", "LoopbackInstanceSet"]
 

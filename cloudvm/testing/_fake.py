@@ -19,7 +19,7 @@ the reserved ``cloudvm-`` tags: ``tags`` is exactly the user's.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 
@@ -41,9 +41,6 @@ from .._types import (
 from .._validate import validate_tags
 from ._fake_cloud import _VM, FakeCloud, named_cloud
 from ._fake_config import FakeConfig
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DRIVER", "FakeInstance", "FakeInstanceSet"]
 

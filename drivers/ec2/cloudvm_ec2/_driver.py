@@ -4,7 +4,7 @@ aiobotocore client out."""
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -17,9 +17,6 @@ from ._instance_set import EC2InstanceSet
 from ._metrics import EC2Metrics
 from ._redact import install_redaction
 from ._tags import check_ec2_tags
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DRIVER"]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import anyio
 import anyio.to_thread
 
@@ -13,9 +11,6 @@ from ._api import ComputeAPI, load_credentials
 from ._config import GCEConfig
 from ._instance import GCEInstance
 from ._instance_set import GCEInstanceSet
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DRIVER", "GCEInstance", "GCEInstanceSet"]
 

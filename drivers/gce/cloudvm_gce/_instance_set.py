@@ -131,7 +131,12 @@ class GCEInstanceSet(InstanceSetBase):
         """
         self._check_open()
         args = check_create_arguments(
-            itype, image_id, tags, init_command, public_key, image_id_is="an image URL"
+            itype,
+            image_id,
+            tags,
+            init_command,
+            public_key,
+            image_id_is="an image URL or image family URL",
         )
         gce_tags(args.tags)
         base = uuid.uuid4()
